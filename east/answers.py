@@ -1,0 +1,577 @@
+"""Final-answer extraction, equivalence grading and answer clustering.
+
+Pure Python: no torch, no Hydra, no file I/O. Equivalence goes through math-verify,
+restricted to its LaTeX parser (its plain-expression parser calls sympy's ``parse_expr``,
+which ``eval``s transformed text; model output never reaches it here). Every call is
+bounded in time by a ``SIGALRM`` timer, so it must run in the main thread of a process:
+use processes (``grade_questions(..., processes=N)``), not threads, for parallelism.
+
+Cost model: parsing is expensive (~1 ms), ``verify`` is cheap, and a sampled answer set
+has few distinct strings. So every distinct normalised string is parsed once (an LRU
+cache per process) and plain decimal numbers are compared exactly without parsing.
+"""
+
+from __future__ import annotations
+
+import cmath
+import contextlib
+import logging
+import re
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, Literal
+
+import math_verify
+from math_verify import LatexExtractionConfig
+from math_verify import parse as _mv_parse
+from math_verify import verify as _mv_verify
+
+from east.weighting import entropy
+
+__all__ = [
+    "ClusterMode",
+    "QuestionGrade",
+    "answers_equal",
+    "cluster_answers",
+    "extract_answer",
+    "extract_answer_with_source",
+    "gold_from_gsm8k",
+    "gold_from_math",
+    "grade_question",
+    "grade_questions",
+    "normalize_answer",
+]
+
+ClusterMode = Literal["equivalence", "string"]
+CLUSTER_MODES: tuple[str, ...] = ("equivalence", "string")
+
+#: Answers longer than this are never parsed (they compare by string only).
+MAX_PARSE_CHARS = 400
+#: Default wall-clock bound, in seconds, for one parse or one comparison.
+DEFAULT_TIMEOUT_S = 1.0
+
+# math-verify logs every timeout and warns once when its own timers are disabled
+# (we bound time ourselves); keep the log readable, we count timeouts instead.
+logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+for _module in ("parser", "grader"):
+    _mod = getattr(math_verify, _module, None)
+    if _mod is not None and hasattr(_mod, "TIMEOUT_WARNING_SHOWN"):
+        _mod.TIMEOUT_WARNING_SHOWN = True
+
+_LATEX_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
+
+
+# --------------------------------------------------------------------------- extraction
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_GSM8K_RE = re.compile(r"####\s*([^\n]+)")
+_PHRASE_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
+
+
+def _boxed_contents(text: str) -> Iterator[str]:
+    """Contents of the top-level, brace-matched ``\\boxed{..}`` / ``\\fbox{..}`` in order.
+
+    One left-to-right pass, linear in ``len(text)``; an unclosed box yields nothing.
+    """
+    i = 0
+    n = len(text)
+    while True:
+        starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
+        starts = [(pos, cmd) for pos, cmd in starts if pos >= 0]
+        if not starts:
+            return
+        pos, cmd = min(starts)
+        j = pos + len(cmd)
+        while j < n and text[j] == " ":
+            j += 1
+        if j >= n:
+            return
+        if text[j] != "{":
+            # "\boxed 5" form: the next token up to whitespace or "$".
+            m = re.match(r"[^\s$]+", text[j:])
+            if m and cmd == "\\boxed":
+                yield m.group(0)
+            i = j
+            continue
+        depth = 0
+        k = j
+        while k < n:
+            c = text[k]
+            if c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            k += 1
+        if depth != 0:
+            return  # unbalanced: nothing after this point can be a matched box
+        yield text[j + 1 : k]
+        i = k + 1
+
+
+def extract_answer_with_source(text: str | None) -> tuple[str | None, str | None]:
+    """Like :func:`extract_answer`, also saying where the answer came from.
+
+    The source is ``"boxed"``, ``"gsm8k"`` (a ``#### N`` line), ``"phrase"`` ("the answer
+    is X") or ``None`` when nothing was found.
+    """
+    if not text:
+        return None, None
+    boxed = None
+    for content in _boxed_contents(text):
+        boxed = content
+    if boxed is not None:
+        # \boxed{\boxed{x}}: unwrap nested boxes, bounded by the string length.
+        while True:
+            inner = list(_boxed_contents(boxed))
+            if len(inner) == 1 and boxed.strip().startswith(_BOX_COMMANDS):
+                boxed = inner[0]
+            else:
+                break
+        boxed = boxed.strip()
+        return (boxed or None), ("boxed" if boxed else None)
+    matches = _GSM8K_RE.findall(text)
+    if matches:
+        answer = matches[-1].strip().replace(",", "")
+        return (answer or None), ("gsm8k" if answer else None)
+    matches = _PHRASE_RE.findall(text[-2000:])
+    if matches:
+        answer = matches[-1].strip().strip("$").strip()
+        return (answer or None), ("phrase" if answer else None)
+    return None, None
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The final answer of a response or solution, or ``None``.
+
+    In order: the content of the last brace-matched ``\\boxed{}`` (or ``\\fbox{}``),
+    else the text after the last ``####`` (GSM8K, commas removed), else a
+    "the answer is X" / "final answer is X" phrase.
+    """
+    return extract_answer_with_source(text)[0]
+
+
+def gold_from_gsm8k(solution: str) -> str:
+    """GSM8K gold answer: the text after ``####`` with thousands separators removed."""
+    m = _GSM8K_RE.findall(solution)
+    if not m or not m[-1].strip():
+        raise ValueError(f"GSM8K solution has no '#### <answer>' line: {solution[-120:]!r}")
+    return m[-1].strip().replace(",", "")
+
+
+def gold_from_math(solution: str) -> str:
+    """MATH gold answer: the content of the last ``\\boxed{}`` of the reference solution."""
+    last = None
+    for content in _boxed_contents(solution):
+        last = content
+    if last is None or not last.strip():
+        raise ValueError(f"MATH solution has no brace-matched \\boxed{{}}: {solution[-120:]!r}")
+    return last.strip()
+
+
+# --------------------------------------------------------------------------- normalisation
+
+_STRIP_TOKENS = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "$")
+_THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def normalize_answer(answer: str) -> str:
+    """Light, purely textual normalisation used for string clustering and cache keys.
+
+    Removes spacing commands, ``\\left``/``\\right``, dollar signs, thousands separators,
+    a trailing period and all whitespace; ``\\dfrac``/``\\tfrac`` become ``\\frac``.
+    Units and ``\\text{}`` stay: math-verify's own normalisation handles them. Nothing is
+    evaluated.
+    """
+    s = answer
+    for tok in _STRIP_TOKENS:
+        s = s.replace(tok, "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _THOUSANDS_RE.sub("", s)
+    s = "".join(s.split())
+    s = s.rstrip(".")
+    return s
+
+
+_FRACTION_RE = re.compile(r"([+-]?)(?:\\frac\{([+-]?\d+)\}\{(\d+)\}|(\d+)/(\d+))")
+
+
+def _plain_number(norm: str) -> tuple[Fraction, int] | None:
+    """``(value, places)`` for a plain integer, decimal or integer fraction, else ``None``.
+
+    ``places`` is the number of decimal places of a non-integral decimal, 0 otherwise.
+    math-verify compares numbers after rounding to 6 places, so two plain numbers are
+    decided here without parsing when that rounding cannot make them equal (see
+    :func:`_numbers_equal`).
+    """
+    if len(norm) > 60:
+        return None
+    if _PLAIN_NUMBER_RE.fullmatch(norm):
+        try:
+            value = Fraction(Decimal(norm))
+        except (InvalidOperation, ValueError):
+            return None
+        places = 0 if value.denominator == 1 else len(norm.partition(".")[2])
+        return value, places
+    m = _FRACTION_RE.fullmatch(norm)
+    if m:
+        sign, num, den = m.group(1), m.group(2) or m.group(4), m.group(3) or m.group(5)
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return (-value if sign == "-" else value), 0
+    return None
+
+
+def _numbers_equal(a: tuple[Fraction, int], b: tuple[Fraction, int]) -> bool | None:
+    """Equality of two plain numbers, or ``None`` where math-verify's tolerance decides."""
+    (va, pa), (vb, pb) = a, b
+    if va == vb:
+        return True
+    exact_a, exact_b = pa == 0, pb == 0
+    integral_a, integral_b = va.denominator == 1, vb.denominator == 1
+    if exact_a and exact_b:
+        return False  # two different rationals
+    if (integral_a or 0 < pa <= 6) and (integral_b or 0 < pb <= 6):
+        return False  # decimals with <= 6 places (and integers) survive rounding unchanged
+    return None
+
+
+# --------------------------------------------------------------------------- time bound
+
+
+class GradingTimeout(Exception):
+    """A parse or comparison ran past its time bound."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "east.answers grades with a SIGALRM time bound, which only works in the main "
+            "thread; use processes (grade_questions(..., processes=N)) instead of threads"
+        )
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise GradingTimeout
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --------------------------------------------------------------------------- parsed answers
+
+STATS = {"parses": 0, "parse_timeouts": 0, "too_large": 0, "verifies": 0, "verify_timeouts": 0}
+
+#: Largest number of decimal digits any subterm may reach before an answer is refused
+#: symbolic comparison. Big-integer arithmetic runs in C, where no signal can stop it,
+#: so ``9^{9^{9^{9}}}`` must be caught before sympy tries to evaluate it.
+MAX_DIGITS = 10_000
+
+
+def _log10_bound(expr: Any) -> float:
+    """An upper bound on log10 |value| of a sympy expression, without evaluating it."""
+    import math
+
+    import sympy
+
+    if isinstance(expr, sympy.Integer | sympy.Rational):
+        p, q = int(expr.p), int(expr.q)
+        return max(len(str(abs(p))), len(str(q)))
+    if isinstance(expr, sympy.Float):
+        return max(0.0, math.log10(abs(float(expr)) + 1.0))
+    if isinstance(expr, sympy.Pow):
+        base, exp = _log10_bound(expr.base), _log10_bound(expr.exp)
+        if exp > 300:
+            return math.inf
+        return max(base, 1.0) * 10.0**exp
+    if isinstance(expr, sympy.Mul):
+        return sum(max(_log10_bound(a), 0.0) for a in expr.args)
+    if isinstance(expr, sympy.factorial | sympy.gamma | sympy.factorial2):
+        n = _log10_bound(expr.args[0])
+        return math.inf if n > 300 else 10.0**n * max(n, 1.0)
+    if not getattr(expr, "args", ()):
+        return 1.0  # symbols, constants (pi, E, I, oo)
+    return max(_log10_bound(a) for a in expr.args) + math.log10(len(expr.args) + 1)
+
+
+def _magnitude_ok(expr: Any) -> bool:
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return True
+    try:
+        return _log10_bound(expr) <= MAX_DIGITS
+    except (RecursionError, TypeError, ValueError, OverflowError):
+        return False
+
+
+@dataclass
+class _Parsed:
+    """A normalised answer string and, lazily, its math-verify parse."""
+
+    norm: str
+    number: tuple[Fraction, int] | None  # plain numbers: (value, places), see _plain_number
+    expr: list | None = None  # math-verify parse; [] = not parseable
+    poisoned: bool = False  # a comparison with it timed out once: string compare only
+    value: complex | None = None  # numeric value of a constant expression, if any
+
+    def parse(self, timeout_s: float) -> list:
+        if self.expr is None:
+            self.expr = []
+            if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
+                STATS["parses"] += 1
+                try:
+                    with _time_limit(timeout_s):
+                        self.expr = (
+                            _mv_parse(
+                                "\\boxed{" + self.norm + "}",
+                                extraction_config=_LATEX_ONLY,
+                                parsing_timeout=None,
+                                fallback_mode="no_fallback",
+                            )
+                            or []
+                        )
+                except GradingTimeout:
+                    STATS["parse_timeouts"] += 1
+                if self.expr and not all(_magnitude_ok(e) for e in self.expr):
+                    STATS["too_large"] += 1
+                    self.expr = []
+                self.value = _numeric_value(self.expr, timeout_s)
+        return self.expr
+
+
+def _numeric_value(expr: list, timeout_s: float) -> complex | None:
+    """The value of a parsed constant (no free symbols), used only to prove inequality."""
+    import sympy
+
+    first = expr[0] if expr else None
+    if not isinstance(first, sympy.Expr) or first.free_symbols or not first.is_number:
+        return None
+    try:
+        with _time_limit(timeout_s):
+            value = complex(first.evalf(30))
+    except (GradingTimeout, TypeError, ValueError, OverflowError, ArithmeticError):
+        return None
+    return value if cmath.isfinite(value) else None
+
+
+@lru_cache(maxsize=200_000)
+def _parsed(norm: str) -> _Parsed:
+    return _Parsed(norm, _plain_number(norm))
+
+
+def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
+    if a.norm == b.norm:
+        return True
+    if a.number is not None and b.number is not None:
+        decided = _numbers_equal(a.number, b.number)
+        if decided is not None:
+            return decided
+    if a.poisoned or b.poisoned:
+        return False
+    pa, pb = a.parse(timeout_s), b.parse(timeout_s)
+    if not pa or not pb:
+        return False
+    if a.value is not None and b.value is not None:
+        scale = max(1.0, abs(a.value), abs(b.value))
+        gap = abs(a.value - b.value)
+        if gap > 1e-6 * scale:
+            return False  # two constants that differ numerically: skip symbolic verify
+        if gap <= 1e-12 * scale:
+            return True  # equal to 12 significant digits at 30-digit precision
+    STATS["verifies"] += 1
+    try:
+        with _time_limit(timeout_s):
+            return bool(_mv_verify(pa, pb, timeout_seconds=None) or _mv_verify(pb, pa, timeout_seconds=None))
+    except GradingTimeout:
+        STATS["verify_timeouts"] += 1
+        a.poisoned = b.poisoned = True  # never pay this timeout again for these strings
+        return False
+
+
+def answers_equal(a: str | None, b: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether two final answers are mathematically equivalent (math-verify).
+
+    Symmetric: true when ``verify`` holds in either direction. ``None`` equals nothing.
+    Each parse and the comparison are bounded by ``timeout_s`` (main thread only); an
+    answer that cannot be parsed in time compares by normalised string only.
+    """
+    if a is None or b is None:
+        return False
+    return _equal_parsed(_parsed(normalize_answer(a)), _parsed(normalize_answer(b)), timeout_s)
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def cluster_answers(
+    answers: Sequence[str | None],
+    mode: ClusterMode = "equivalence",
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[int]:
+    """Cluster ids (0, 1, ... in order of first appearance) for a list of answers.
+
+    ``equivalence``: answers share an id when :func:`answers_equal` holds with the
+    cluster's first member. ``string``: identical normalised strings share an id (the
+    reference implementation's behaviour). All ``None`` answers share one cluster.
+    Each distinct string is parsed and compared once.
+    """
+    if mode not in CLUSTER_MODES:
+        raise ValueError(f"unknown cluster mode {mode!r}; allowed: {', '.join(CLUSTER_MODES)}")
+    by_norm: dict[str, int] = {}
+    representatives: list[_Parsed | None] = []  # cluster id -> first member (None = no answer)
+    none_cluster: int | None = None
+    ids: list[int] = []
+    for answer in answers:
+        if answer is None:
+            if none_cluster is None:
+                none_cluster = len(representatives)
+                representatives.append(None)
+            ids.append(none_cluster)
+            continue
+        norm = normalize_answer(answer)
+        if norm in by_norm:
+            ids.append(by_norm[norm])
+            continue
+        cid = None
+        if mode == "equivalence":
+            p = _parsed(norm)
+            for k, rep in enumerate(representatives):
+                if rep is not None and _equal_parsed(rep, p, timeout_s):
+                    cid = k
+                    break
+        if cid is None:
+            cid = len(representatives)
+            representatives.append(_parsed(norm))
+        by_norm[norm] = cid
+        ids.append(cid)
+    return ids
+
+
+# --------------------------------------------------------------------------- grading
+
+
+@dataclass(frozen=True)
+class QuestionGrade:
+    """Everything EAST needs to know about one question's n sampled responses."""
+
+    answers: list[str | None]  # extracted final answer per response
+    boxed: list[bool]  # the answer came from \boxed{} / \fbox{}
+    correct: list[bool]  # equivalent to the gold answer
+    cluster_ids: list[int]  # per response, 0.. in order of first appearance
+    cluster_sizes: list[int]  # per cluster id
+    cluster_correct: list[bool]  # per cluster id
+    no_answer_cluster: int | None  # the id of the "no answer" cluster, if any
+    entropy: float  # H of the cluster distribution, bits
+    accuracy: float  # A: share of correct responses
+    rejected_share: float  # R: share of the most frequent incorrect (answered) cluster
+    top_incorrect_cluster: int | None  # the cluster R refers to
+
+    @property
+    def n(self) -> int:
+        return len(self.answers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def grade_question(
+    responses: Sequence[str],
+    gold: str,
+    *,
+    mode: ClusterMode = "equivalence",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> QuestionGrade:
+    """Extract, cluster and grade the n responses of one question against its gold answer."""
+    if isinstance(responses, str):
+        raise TypeError("responses must be a sequence of strings, not one string")
+    if len(responses) == 0:
+        raise ValueError("grade_question needs at least one response (got an empty list)")
+    if gold is None or not str(gold).strip():
+        raise ValueError("grade_question needs a non-empty gold answer")
+    extracted = [extract_answer_with_source(r) for r in responses]
+    answers = [a for a, _ in extracted]
+    boxed = [src == "boxed" for _, src in extracted]
+    ids = cluster_answers(answers, mode, timeout_s=timeout_s)
+    k = max(ids) + 1
+    sizes = [0] * k
+    first_member: list[int] = [-1] * k
+    for i, cid in enumerate(ids):
+        sizes[cid] += 1
+        if first_member[cid] < 0:
+            first_member[cid] = i
+    no_answer = next((c for c in range(k) if answers[first_member[c]] is None), None)
+    if mode == "equivalence":
+        cluster_correct = [
+            c != no_answer and answers_equal(gold, answers[first_member[c]], timeout_s=timeout_s)
+            for c in range(k)
+        ]
+        correct = [cluster_correct[c] for c in ids]
+    else:  # string clusters are graded per response: "0.5" and "1/2" are both right
+        correct = [a is not None and answers_equal(gold, a, timeout_s=timeout_s) for a in answers]
+        cluster_correct = [correct[first_member[c]] for c in range(k)]
+    n = len(responses)
+    wrong = [c for c in range(k) if not cluster_correct[c] and c != no_answer]
+    top_wrong = max(wrong, key=lambda c: (sizes[c], -c)) if wrong else None
+    return QuestionGrade(
+        answers=answers,
+        boxed=boxed,
+        correct=correct,
+        cluster_ids=ids,
+        cluster_sizes=sizes,
+        cluster_correct=cluster_correct,
+        no_answer_cluster=no_answer,
+        entropy=entropy(sizes),
+        accuracy=sum(correct) / n,
+        rejected_share=(sizes[top_wrong] / n) if top_wrong is not None else 0.0,
+        top_incorrect_cluster=top_wrong,
+    )
+
+
+def _grade_chunk(args: tuple[list[tuple[Sequence[str], str]], str, float]) -> list[QuestionGrade]:
+    items, mode, timeout_s = args
+    return [grade_question(r, g, mode=mode, timeout_s=timeout_s) for r, g in items]  # type: ignore[arg-type]
+
+
+def grade_questions(
+    items: Sequence[tuple[Sequence[str], str]],
+    *,
+    mode: ClusterMode = "equivalence",
+    processes: int = 1,
+    chunk_size: int = 64,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[QuestionGrade]:
+    """Grade many ``(responses, gold)`` pairs, in order, optionally across processes.
+
+    Worker processes run grading in their main thread, where the time bound works; each
+    keeps its own parse cache, so questions are sent in contiguous chunks.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    items = list(items)
+    if processes == 1 or len(items) <= chunk_size:
+        return _grade_chunk((items, mode, timeout_s))
+    import multiprocessing as mp
+
+    chunks = [(items[i : i + chunk_size], mode, timeout_s) for i in range(0, len(items), chunk_size)]
+    # forkserver/spawn: safe even when the parent holds threads (torch, tokenizers).
+    ctx = mp.get_context("forkserver")
+    with ctx.Pool(processes) as pool:
+        out: list[QuestionGrade] = []
+        for part in pool.imap(_grade_chunk, chunks):
+            out.extend(part)
+    return out

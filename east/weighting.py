@@ -1,0 +1,207 @@
+"""Mapping functions that turn a per-question uncertainty signal into training weights.
+
+Pure NumPy. A mapping is registered by name with the per-question statistic it reads
+(``entropy``, ``accuracy`` or ``rejected``; see :class:`east.answers.QuestionGrade`) and
+returns non-negative weights whose mean over the given training set is exactly 1:
+
+    f(s_i) = g(s_i; a) / mean_j g(s_j; a)
+
+The normaliser is always computed from the data of the run (the reference code divided by
+a constant typed into its shell scripts). Adding a mapping is one decorated function::
+
+    @register_mapping("my_mapping", signal="entropy")
+    def my_mapping(h: np.ndarray, a: float) -> np.ndarray:
+        return np.log1p(h) ** a
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAPPINGS",
+    "SIGNALS",
+    "MappingSpec",
+    "compute_weights",
+    "entropy",
+    "get_mapping",
+    "normalize",
+    "register_mapping",
+]
+
+#: Per-question statistics a mapping may read, and the QuestionGrade field behind each.
+SIGNALS: dict[str, str] = {
+    "entropy": "entropy",  # H, bits, of the answer-cluster distribution
+    "accuracy": "accuracy",  # A, share of correct responses
+    "rejected": "rejected_share",  # R, share of the most frequent incorrect answer
+}
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    name: str
+    signal: str
+    raw: Callable[[np.ndarray, float], np.ndarray]  # un-normalised g(s; a)
+    doc: str
+
+    def __call__(self, signal: Sequence[float] | np.ndarray, sharpness: float) -> np.ndarray:
+        s = _check_signal(signal, self.name, self.signal)
+        a = _check_sharpness(sharpness)
+        return normalize(self.raw(s, a), what=f"mapping {self.name!r} (sharpness {a})")
+
+
+MAPPINGS: dict[str, MappingSpec] = {}
+
+
+def register_mapping(name: str, *, signal: str = "entropy") -> Callable:
+    """Register ``fn(signal, sharpness) -> raw weights`` under ``name``; it is normalised to
+    mean 1 and input-checked by the registry, so ``fn`` holds only the formula."""
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; allowed: {', '.join(SIGNALS)}")
+
+    def decorator(fn: Callable[[np.ndarray, float], np.ndarray]) -> MappingSpec:
+        if name in MAPPINGS:
+            raise ValueError(f"mapping {name!r} is already registered")
+        spec = MappingSpec(name, signal, fn, (fn.__doc__ or "").strip())
+        MAPPINGS[name] = spec
+        return spec
+
+    return decorator
+
+
+def get_mapping(name: str) -> MappingSpec:
+    try:
+        return MAPPINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown mapping {name!r}; allowed: {', '.join(sorted(MAPPINGS))}") from None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_sharpness(a: float) -> float:
+    try:
+        a = float(a)
+    except (TypeError, ValueError):
+        raise ValueError(f"sharpness must be a finite number, got {a!r}") from None
+    if not math.isfinite(a):
+        raise ValueError(f"sharpness must be finite, got {a}")
+    return a
+
+
+def _check_signal(signal: Sequence[float] | np.ndarray, mapping: str, kind: str) -> np.ndarray:
+    s = np.asarray(signal, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"mapping {mapping!r}: the {kind} signal must be 1-D, got shape {s.shape}")
+    if s.size == 0:
+        raise ValueError(f"mapping {mapping!r}: empty training set (no {kind} values)")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if bad.size:
+        raise ValueError(f"mapping {mapping!r}: non-finite {kind} at index {int(bad[0])}: {s[bad[0]]}")
+    bad = np.flatnonzero(s < 0)
+    if bad.size:
+        raise ValueError(f"mapping {mapping!r}: negative {kind} at index {int(bad[0])}: {s[bad[0]]}")
+    return s
+
+
+def normalize(raw: np.ndarray, *, what: str = "weights") -> np.ndarray:
+    """Divide by the mean so the weights average exactly 1 over this set."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if not np.all(np.isfinite(raw)):
+        raise ValueError(f"{what}: produced non-finite raw weights")
+    mean = raw.mean()
+    if mean <= 0:
+        raise ValueError(f"{what}: every raw weight is zero, so they cannot be normalised to mean 1")
+    w = raw / mean
+    # One correction step removes the last-ulp drift of the division.
+    return w / w.mean()
+
+
+def _zero_with_negative_power(s: np.ndarray, a: float, mapping: str, what: str) -> None:
+    if a < 0 and np.any(s == 0):
+        i = int(np.flatnonzero(s == 0)[0])
+        raise ValueError(
+            f"mapping {mapping!r}: sharpness {a} < 0 is undefined for a zero {what} "
+            f"(index {i}); keep the all-correct filter on or use a >= 0"
+        )
+
+
+# --------------------------------------------------------------------------- mappings
+
+
+@register_mapping("power", signal="entropy")
+def _power(h: np.ndarray, a: float) -> np.ndarray:
+    """The paper's mapping: h^a / mean(h^a). a > 0 favours uncertain questions."""
+    if a == 0:
+        return np.ones_like(h)
+    _zero_with_negative_power(h, a, "power", "entropy")
+    return h**a
+
+
+@register_mapping("uniform", signal="entropy")
+def _uniform(h: np.ndarray, a: float) -> np.ndarray:
+    """Vanilla self-training: every kept question weighs 1 (power with a = 0)."""
+    return np.ones_like(h)
+
+
+@register_mapping("accuracy", signal="accuracy")
+def _accuracy(acc: np.ndarray, a: float) -> np.ndarray:
+    """Paper baseline: (1 - A)^a, A = share of correct responses."""
+    if np.any(acc > 1):
+        i = int(np.flatnonzero(acc > 1)[0])
+        raise ValueError(f"mapping 'accuracy': accuracy above 1 at index {i}: {acc[i]}")
+    if a == 0:
+        return np.ones_like(acc)
+    err = 1.0 - acc
+    _zero_with_negative_power(err, a, "accuracy", "error rate (1 - accuracy)")
+    return err**a
+
+
+@register_mapping("rejected", signal="rejected")
+def _rejected(r: np.ndarray, a: float) -> np.ndarray:
+    """Paper baseline: R^a, R = share of the most frequent incorrect answer."""
+    if a == 0:
+        return np.ones_like(r)
+    _zero_with_negative_power(r, a, "rejected", "rejected share")
+    return r**a
+
+
+@register_mapping("exponential", signal="entropy")
+def _exponential(h: np.ndarray, a: float) -> np.ndarray:
+    """e^{a h}: defined at h = 0 for every a, bounded for a < 0 (softmax-like tilt)."""
+    z = a * h
+    return np.exp(z - z.max())  # shift for overflow safety; cancels in the normalisation
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def entropy(cluster_sizes: Sequence[int]) -> float:
+    """Shannon entropy, in bits, of the distribution proportional to ``cluster_sizes``."""
+    sizes = np.asarray(cluster_sizes, dtype=np.float64)
+    if sizes.size == 0 or sizes.sum() <= 0 or np.any(sizes < 0):
+        raise ValueError(f"entropy needs non-negative cluster sizes with a positive sum: {cluster_sizes}")
+    p = sizes[sizes > 0] / sizes.sum()
+    return float(max(-(p * np.log2(p)).sum(), 0.0))
+
+
+def compute_weights(
+    stats: Sequence[Any] | Mapping[str, Sequence[float]], mapping: str, sharpness: float
+) -> np.ndarray:
+    """Weights for a training set, from per-question statistics.
+
+    ``stats`` is either a sequence of objects with the statistic as an attribute (e.g.
+    :class:`east.answers.QuestionGrade`) or a mapping from signal name to values.
+    """
+    spec = get_mapping(mapping)
+    field = SIGNALS[spec.signal]
+    if isinstance(stats, Mapping):
+        values = stats[spec.signal] if spec.signal in stats else stats[field]
+    else:
+        values = [getattr(s, field) for s in stats]
+    return spec(values, sharpness)
