@@ -17,3 +17,35 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "gsm8k" / "test.jsonl").exists():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (set EAST_SHARED_DATA)")
     return SHARED_DATA
+
+
+TASK_TEXTS = [
+    f"What is {a} plus {b}? {a}+{b}={a + b}. The answer is \\boxed{{{a + b}}}."
+    for a in range(20)
+    for b in range(20)
+]
+SYSTEM = {
+    "role": "system",
+    "content": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
+
+
+def prompt(a: int, b: int) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": f"What is {a} plus {b}?"}]
+
+
+def assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved tiny LLaMA + tokenizer (random init, ~0.1M parameters), built locally."""
+    from east.models import build_tiny_model, build_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny")
+    tok = build_tiny_tokenizer(TASK_TEXTS)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -1,0 +1,125 @@
+"""Models and tokenizers: the embedded tiny LLaMA, and loading real checkpoints.
+
+The tiny model needs no download: a byte-level BPE tokenizer is trained in a fraction of
+a second on the task's own text (digits split, so numbers are spelled digit by digit),
+wrapped as a ``PreTrainedTokenizerFast`` with a ChatML chat template, and a randomly
+initialised ``LlamaForCausalLM`` is built to fit it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+__all__ = ["build_tiny_model", "build_tiny_tokenizer", "load_model", "load_tokenizer", "resolve_dtype"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> PreTrainedTokenizerFast:
+    """Train a small byte-level BPE tokenizer (digits split) with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|im_end|>",
+        bos_token=None,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 384,
+    max_position_embeddings: int = 512,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """A randomly initialised LLaMA sized to ``tokenizer`` (fp32, tied embeddings)."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` is bf16 on a GPU that supports it and fp32 on CPU (bf16 is slow on CPUs)."""
+    if name == "auto":
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[name]  # fmt: skip
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; allowed: auto, float32, bfloat16, float16") from None
+
+
+def _offline_kwargs(name_or_path: str) -> dict[str, Any]:
+    # A local directory never touches the hub; a hub id honours HF_HUB_OFFLINE as usual.
+    return (
+        {"local_files_only": True} if Path(name_or_path).exists() or os.environ.get("HF_HUB_OFFLINE") else {}
+    )
+
+
+def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
+    tok = AutoTokenizer.from_pretrained(name_or_path, **_offline_kwargs(name_or_path))
+    if chat_template:
+        tok.chat_template = chat_template
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "auto") -> Any:
+    return AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=resolve_dtype(dtype), **_offline_kwargs(name_or_path)
+    )

@@ -1,0 +1,238 @@
+"""Weighted SFT / DPO / KTO trainers: gradients, invariance, weights 1, refusals (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
+
+from .conftest import assistant, prompt
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+ROWS = {
+    "sft": [
+        {
+            "prompt": prompt(a, a + 1),
+            "completion": assistant(f"{a}+{a + 1}={2 * a + 1}. \\boxed{{{2 * a + 1}}}" + "!" * a),
+        }
+        for a in range(1, 9)
+    ],
+    "dpo": [
+        {
+            "prompt": prompt(a, a + 1),
+            "chosen": assistant(f"\\boxed{{{2 * a + 1}}}" + "." * a),
+            "rejected": assistant(f"\\boxed{{{2 * a}}}"),
+        }
+        for a in range(1, 9)
+    ],
+    "kto": [
+        {
+            "prompt": prompt(a, a + 1),
+            "completion": assistant(f"\\boxed{{{2 * a + 1 - a % 2}}}" + "." * a),
+            "label": a % 2 == 0,
+        }
+        for a in range(1, 9)
+    ],
+}
+WEIGHTS = [0.25, 1.75, 0.5, 1.5, 1.0, 2.0, 0.3, 0.7]
+CLASSES = {
+    "sft": (WeightedSFTTrainer, SFTTrainer, SFTConfig),
+    "dpo": (WeightedDPOTrainer, DPOTrainer, DPOConfig),
+    "kto": (WeightedKTOTrainer, KTOTrainer, KTOConfig),
+}
+
+
+def _args(objective, out, **kw):
+    base = dict(
+        output_dir=str(out), report_to=[], bf16=False, use_cpu=True, save_strategy="no",
+        logging_steps=1, seed=0, dataloader_drop_last=False, max_grad_norm=0.0,
+    )  # fmt: skip
+    if objective == "kto":
+        base["loss_type"] = kw.pop("loss_type", "apo_zero_unpaired")
+    return CLASSES[objective][2](**{**base, **kw})
+
+
+def _trainer(objective, tiny_dir, rows, *, weighted=True, **kw):
+    cls = CLASSES[objective][0 if weighted else 1]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    extra = {}
+    if objective != "sft":
+        extra["ref_model"] = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    return cls(
+        model=model,
+        args=_args(objective, tiny_dir / "out", **kw),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(tiny_dir),
+        **extra,
+    )
+
+
+def _grad(trainer, rows_batch_size):
+    trainer.model.train()
+    trainer.model.zero_grad()
+    batch = next(iter(trainer.get_train_dataloader()))
+    if "weight" in batch:
+        assert batch["weight"].shape[0] == rows_batch_size
+    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
+    loss.backward()
+    return loss.detach(), torch.cat(
+        [p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None]
+    )
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+def test_gradient_is_the_weighted_combination_of_per_example_gradients(objective, tiny_dir):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:2], (0.3, 1.7))]
+    if objective == "kto":  # one desirable and one undesirable example
+        assert {r["label"] for r in rows} == {True, False}
+    _, weighted = _grad(_trainer(objective, tiny_dir, rows, per_device_train_batch_size=2), 2)
+    singles = []
+    for r in rows:
+        stock = _trainer(objective, tiny_dir, [{k: v for k, v in r.items() if k != "weight"}], weighted=False,
+                         per_device_train_batch_size=1)  # fmt: skip
+        singles.append(_grad(stock, 1)[1])
+    expected = (0.3 * singles[0] + 1.7 * singles[1]) / 2
+    assert _rel(weighted, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+@pytest.mark.parametrize("loss_type", ["default", "other"])
+def test_weights_one_reproduce_the_stock_trainer(objective, loss_type, tiny_dir):
+    kw = {"per_device_train_batch_size": 4}
+    if objective == "dpo":
+        kw["loss_type"] = ["sigmoid"] if loss_type == "default" else ["ipo"]
+    else:
+        kw["loss_type"] = "kto" if loss_type == "default" else "apo_zero_unpaired"
+    rows = ROWS[objective][:4]
+    loss_w, grad_w = _grad(_trainer(objective, tiny_dir, [dict(r, weight=1.0) for r in rows], **kw), 4)
+    loss_s, grad_s = _grad(_trainer(objective, tiny_dir, rows, weighted=False, **kw), 4)
+    assert torch.allclose(loss_w, loss_s, rtol=1e-6)
+    assert _rel(grad_w, grad_s) <= 1e-6
+
+
+def test_sft_weights_one_is_the_per_example_mean_nll(tiny_dir):
+    rows = ROWS["sft"][:3]
+    trainer = _trainer("sft", tiny_dir, rows, per_device_train_batch_size=3)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    loss = trainer.compute_loss(trainer.model, dict(batch)).item()
+    with torch.no_grad():  # by hand: mean over examples of each one's completion-token mean NLL
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        expected = (nll.sum(1) / mask.sum(1)).mean().item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    # The completion includes the final end-of-turn token, and no prompt token is trained on.
+    tok = trainer.processing_class
+    for row_labels in batch["labels"]:
+        trained = [t for t in row_labels.tolist() if t != -100]
+        assert trained[-2:] == tok.encode("<|im_end|>\n") or trained[-1] == tok.convert_tokens_to_ids(
+            "<|im_end|>"
+        )
+        assert tok.convert_tokens_to_ids("<|im_start|>") not in trained[:1]
+
+
+def _one_step_params(objective, tiny_dir, batch, accumulation):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:4], WEIGHTS)]
+    trainer = _trainer(
+        objective, tiny_dir, rows, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+        max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0,
+    )  # fmt: skip
+    trainer.train()
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+def test_batch_times_accumulation_invariance(objective, tiny_dir):
+    reference = _one_step_params(objective, tiny_dir, 4, 1)
+    initial = torch.cat(
+        [p.detach().flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters()]
+    )
+    update = reference - initial
+    assert update.norm() > 0
+    for batch, acc in ((2, 2), (1, 4)):
+        other = _one_step_params(objective, tiny_dir, batch, acc)
+        assert _rel(other - initial, update) <= 1e-5, (batch, acc)
+
+
+def test_bad_weights_are_rejected_with_the_row(tiny_dir):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS["sft"][:4], (1.0, 1.0, float("nan"), 1.0))]
+    with pytest.raises(ValueError, match="row 2 .*nan"):
+        _trainer("sft", tiny_dir, rows)
+    rows[2]["weight"] = -1.0
+    with pytest.raises(ValueError, match="row 2 .*-1.0"):
+        _trainer("dpo", tiny_dir, [dict(r, weight=w["weight"]) for r, w in zip(ROWS["dpo"], rows)])
+
+
+@pytest.mark.parametrize(
+    ("objective", "kw", "message"),
+    [
+        ("sft", {"packing": True}, "packing"),
+        ("sft", {"padding_free": True}, "padding-free"),
+        ("sft", {"loss_type": "dft"}, "nll"),
+        ("dpo", {"loss_type": ["aot"]}, "aot"),
+        ("dpo", {"loss_type": ["sigmoid", "sft"]}, "'sft'"),
+    ],
+)
+def test_inexact_configurations_are_refused(objective, kw, message, tiny_dir):
+    with pytest.raises(ValueError, match=message):
+        _trainer(objective, tiny_dir, ROWS[objective][:2], **kw)
+
+
+def test_weight_statistics_are_logged(tiny_dir):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS["dpo"][:4], WEIGHTS)]
+    trainer = _trainer("dpo", tiny_dir, rows, per_device_train_batch_size=4, max_steps=1)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["weight_mean"] == pytest.approx(sum(WEIGHTS[:4]) / 4)
+    assert logged["weight_min"] == pytest.approx(min(WEIGHTS[:4]))
+    assert logged["weight_max"] == pytest.approx(max(WEIGHTS[:4]))
+
+
+DDP_SCRIPT = Path(__file__).with_name("ddp_first_step.py")
+
+
+def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
+    """Weighted SFT and DPO under accelerate with 2 CPU processes (DDP over gloo).
+
+    accelerate 1.15's `--cpu` flag picks its single-process launcher (several CPU processes
+    need mpirun), so the processes are started by its torchrun launcher (`--multi_gpu`)
+    and `use_cpu=True` in the training arguments makes them a gloo MULTI_CPU group.
+    """
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    results = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}.json"
+        launcher = (
+            ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--cpu", "--num_processes", "1"]
+        )
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(DDP_SCRIPT), str(tiny_dir), str(out), str(4 // procs)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[procs] = json.loads(out.read_text())
+    for objective in ("sft", "dpo"):
+        assert results[2][objective]["world_size"] == 2
+        assert results[2][objective]["loss"] == pytest.approx(results[1][objective]["loss"], rel=1e-5)
