@@ -187,7 +187,8 @@ def entropy(cluster_sizes: Sequence[int]) -> float:
     if sizes.size == 0 or sizes.sum() <= 0 or np.any(sizes < 0):
         raise ValueError(f"entropy needs non-negative cluster sizes with a positive sum: {cluster_sizes}")
     p = sizes[sizes > 0] / sizes.sum()
-    return float(max(-(p * np.log2(p)).sum(), 0.0))
+    h = float(-(p * np.log2(p)).sum())
+    return h if h > 0 else 0.0  # one cluster: exactly 0.0, not -0.0
 
 
 def compute_weights(

@@ -1,0 +1,111 @@
+"""A synthetic arithmetic word-problem task in GSM8K's format, generated from a seed.
+
+Each problem is a short story with ``steps`` additions / subtractions on numbers up to
+``max_number``; its solution is a worked line per step and a final ``#### N`` line, like
+GSM8K. Warm-up, self-training and test splits are disjoint by question text.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from east.data.problems import Problem
+
+NAMES = [
+    "Ann",
+    "Ben",
+    "Cal",
+    "Dee",
+    "Eli",
+    "Fay",
+    "Gus",
+    "Ivy",
+    "Jon",
+    "Kim",
+    "Leo",
+    "Mia",
+    "Ned",
+    "Oli",
+    "Pam",
+    "Rex",
+]
+ITEMS = ["apples", "pens", "cards", "coins", "books", "eggs", "shells", "stamps", "cups", "balls"]
+GAIN = ["gets {n} more", "buys {n} more", "finds {n} more", "is given {n} more"]
+LOSS = ["gives away {n}", "loses {n}", "sells {n}", "eats {n}"]
+
+
+@dataclass(frozen=True)
+class ArithSpec:
+    """Difficulty knobs and split sizes."""
+
+    steps: int = 2  # operations after the starting amount
+    max_number: int = 20  # numbers drawn from 1..max_number
+    warmup_size: int = 4000
+    train_size: int = 200
+    test_size: int = 200
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"dataset.steps must be >= 1, got {self.steps}")
+        if self.max_number < 2:
+            raise ValueError(f"dataset.max_number must be >= 2, got {self.max_number}")
+        for name in ("warmup_size", "train_size", "test_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    total = rng.randint(1, spec.max_number)
+    sentences = [f"{name} has {total} {item}."]
+    lines = []
+    for _ in range(spec.steps):
+        n = rng.randint(1, spec.max_number)
+        if total - n >= 0 and rng.random() < 0.5:
+            sentences.append(f"{name} {rng.choice(LOSS).format(n=n)}.")
+            lines.append(f"{total}-{n}={total - n}.")
+            total -= n
+        else:
+            sentences.append(f"{name} {rng.choice(GAIN).format(n=n)}.")
+            lines.append(f"{total}+{n}={total + n}.")
+            total += n
+    question = " ".join(sentences) + f" How many {item} does {name} have now?"
+    return question, " ".join(lines) + f"\n#### {total}", total
+
+
+def generate(spec: ArithSpec) -> dict[str, list[Problem]]:
+    """``{"warmup": [...], "train": [...], "test": [...]}``, deterministic in ``spec``."""
+    rng = random.Random(spec.seed)
+    sizes = {"test": spec.test_size, "train": spec.train_size, "warmup": spec.warmup_size}
+    wanted = sum(sizes.values())
+    seen: set[str] = set()
+    problems: list[tuple[str, str, int]] = []
+    attempts = 0
+    while len(problems) < wanted:
+        attempts += 1
+        if attempts > 50 * wanted + 1000:
+            raise ValueError(
+                f"arith: only {len(problems)} distinct problems for {wanted} requested; "
+                "raise dataset.max_number or dataset.steps, or shrink the splits"
+            )
+        q, solution, answer = make_problem(rng, spec)
+        if q not in seen:
+            seen.add(q)
+            problems.append((q, solution, answer))
+    out: dict[str, list[Problem]] = {}
+    start = 0
+    for split, size in sizes.items():
+        out[split] = [
+            Problem(id=f"arith-{split}-{i}", question=q, gold=str(a), solution=s)
+            for i, (q, s, a) in enumerate(problems[start : start + size])
+        ]
+        start += size
+    return out
+
+
+def warmup_completion(problem: Problem) -> str:
+    """The warm-up target: the worked lines, then the answer in the box the grader reads."""
+    work = (problem.solution or "").split("####")[0].strip()
+    return f"{work} The answer is \\boxed{{{problem.gold}}}."

@@ -1,0 +1,418 @@
+"""The EAST pipeline: base model -> sample -> grade -> build (weight + select) -> train ->
+evaluate, each stage a cached artifact (see :mod:`east.cache`). :func:`run` takes the
+composed config and returns the metrics dict that is also written to ``results.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from east.cache import StageCache, StageResult, read_json, read_jsonl, write_json, write_jsonl
+from east.config import validate
+from east.data import Problem, Splits, load_splits
+from east.prompts import assistant, messages, render
+from east.sampling import SamplingParams, get_sampler, sample_seed
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(self, cfg: dict[str, Any], logger: Any):
+        self.cfg = cfg
+        self.logger = logger
+        self.cache = StageCache(cfg["paths"]["cache_dir"])
+        self.stages: dict[str, StageResult] = {}
+        self.system = cfg["model"]["system_prompt"]
+        sampler_cfg = cfg["sampler"]
+        kwargs = {"batch_size": sampler_cfg["batch_size"], "dtype": cfg["model"]["dtype"]}
+        if sampler_cfg["name"] == "vllm":
+            kwargs = {"tensor_parallel_size": sampler_cfg["tensor_parallel_size"],
+                      "gpu_memory_utilization": sampler_cfg["gpu_memory_utilization"], "dtype": cfg["model"]["dtype"]}  # fmt: skip
+        self.sampler = get_sampler(sampler_cfg["name"], **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _stage(
+        self, name: str, config: Any, inputs: list[StageResult], build: Any, label: str | None = None
+    ) -> StageResult:
+        result = self.cache.run(name, config, [i.key for i in inputs], build)
+        self.stages[label or name] = result
+        self.logger.log(
+            {
+                f"stages/{label or name}/seconds": result.seconds,
+                f"stages/{label or name}/cached": int(result.cached),
+            }
+        )
+        return result
+
+    def _prompts(self, model_path: str, problems: list[Problem]) -> list[str]:
+        from east.models import load_tokenizer
+
+        tok = load_tokenizer(model_path, self.cfg["model"]["chat_template"])
+        return [render(tok, p.question, self.system) for p in problems]
+
+    @staticmethod
+    def _problems_digest(problems: list[Problem]) -> str:
+        h = hashlib.sha256()
+        for p in problems:
+            h.update(json.dumps([p.id, p.question, p.gold]).encode())
+        return h.hexdigest()[:20]
+
+    # ------------------------------------------------------------------ stages
+
+    def base_model(self, splits: Splits) -> StageResult:
+        """The model self-training starts from: the tiny model after its warm-up, or a
+        reference to real weights (hub id or folder) written as a small artifact."""
+        m = self.cfg["model"]
+        if m["tiny"] is None:
+            config = {"path": m["path"], "chat_template": m["chat_template"]}
+            return self._stage("base_model", config, [], lambda d: write_json(d / "model.json", config))
+        config = {"tiny": m["tiny"], "system": self.system, "warmup": self._problems_digest(splits.warmup)}
+        return self._stage(
+            "base_model", config, [], lambda d: _warm_up_tiny(d, m, splits.warmup, self.system)
+        )
+
+    def model_path(self, model: StageResult) -> str:
+        info = model.path / "model.json"
+        if info.exists():
+            return read_json(info)["path"]
+        return str(model.path / "model")
+
+    def sample(self, model: StageResult, problems: list[Problem], round_: int = 0) -> StageResult:
+        s = self.cfg["sampling"]
+        params = SamplingParams(
+            n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"]
+        )
+        config = {"sampling": s, "seed": self.cfg["seed"], "round": round_, "system": self.system,
+                  "sampler": self.cfg["sampler"]["name"], "questions": self._problems_digest(problems)}  # fmt: skip
+
+        def build(d: Path) -> None:
+            path = self.model_path(model)
+            seeds = [
+                [sample_seed(self.cfg["seed"], p.id, j, round_) for j in range(params.n)] for p in problems
+            ]
+            start = time.perf_counter()
+            responses = self.sampler.generate(path, self._prompts(path, problems), seeds, params)
+            seconds = time.perf_counter() - start
+            write_jsonl(
+                d / "samples.jsonl", [{**p.to_dict(), "responses": r} for p, r in zip(problems, responses)]
+            )
+            write_json(d / "stats.json", {"seconds": seconds, "responses": sum(map(len, responses))})
+
+        return self._stage(
+            "sample", config, [model], build, label="sample" if round_ == 0 else f"sample_r{round_}"
+        )
+
+    def grade(self, samples: StageResult) -> StageResult:
+        from east.answers import grade_questions
+
+        g = self.cfg["grading"]
+
+        def build(d: Path) -> None:
+            rows = read_jsonl(samples.path / "samples.jsonl")
+            grades = grade_questions([(r["responses"], r["gold"]) for r in rows], mode=g["mode"],
+                                     processes=g["processes"], timeout_s=g["timeout_s"])  # fmt: skip
+            write_jsonl(d / "grades.jsonl", [{"id": r["id"], **gr.to_dict()} for r, gr in zip(rows, grades)])
+
+        return self._stage("grade", {"mode": g["mode"], "timeout_s": g["timeout_s"]}, [samples], build)
+
+    def build(self, samples: StageResult, grades: StageResult) -> StageResult:
+        """Filter, weight and build the objective's training records."""
+        from east.answers import QuestionGrade
+        from east.selection import FilterConfig, GradedQuestion, build_records, filter_questions
+        from east.weighting import compute_weights
+
+        c = self.cfg
+        config = {"objective": c["objective"]["name"], "sft_k": c["objective"]["sft_k"], "east": c["east"],
+                  "filters": c["filters"], "seed": c["seed"]}  # fmt: skip
+
+        def run(d: Path) -> None:
+            rows = read_jsonl(samples.path / "samples.jsonl")
+            grade_rows = read_jsonl(grades.path / "grades.jsonl")
+            questions = [
+                GradedQuestion(
+                    r["id"],
+                    messages(r["question"], self.system),
+                    r["responses"],
+                    QuestionGrade(**{k: v for k, v in g.items() if k != "id"}),
+                )
+                for r, g in zip(rows, grade_rows)
+            ]
+            kept, dropped = filter_questions(questions, FilterConfig(**c["filters"]))
+            if not kept:
+                raise RuntimeError(
+                    f"no training question survived the filters (dropped per rule: {dropped}); "
+                    "sample more responses (sampling.n) or relax the filters"
+                )
+            weights = compute_weights([q.grade for q in kept], c["east"]["mapping"], c["east"]["sharpness"])
+            kwargs = {"k": c["objective"]["sft_k"]} if c["objective"]["name"] == "sft" else {}
+            records = build_records(c["objective"]["name"], kept, weights, seed=c["seed"], **kwargs)
+            for r in records:  # TRL conversational format
+                for key in ("completion", "chosen", "rejected"):
+                    if key in r:
+                        r[key] = assistant(r[key])
+            write_jsonl(d / "records.jsonl", records)
+            entropy = [q.grade.entropy for q in questions]
+            kept_entropy = [q.grade.entropy for q in kept]
+            write_json(d / "stats.json", {
+                "questions": len(questions), "kept": len(kept), "dropped": dropped, "records": len(records),
+                "entropy": _summary(kept_entropy), "entropy_all": _summary(entropy),
+                "weight": _summary(list(weights)),
+                "accuracy_all": _summary([q.grade.accuracy for q in questions]),
+                "kept_entropy_values": kept_entropy, "weight_values": [float(w) for w in weights],
+                "entropy_values": entropy,
+            })  # fmt: skip
+
+        return self._stage("build", config, [grades], run)
+
+    def train(self, model: StageResult, records: StageResult) -> StageResult:
+        c = self.cfg
+        name = c["objective"]["name"]
+        trainer_cfg = {
+            **c["objective"]["trainer"],
+            **((c["model"]["trainer_overrides"] or {}).get(name) or {}),
+        }
+        config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"]}
+
+        def build(d: Path) -> None:
+            rows = read_jsonl(records.path / "records.jsonl")
+            _train(d, name, self.model_path(model), rows, trainer_cfg, c, self.logger.report_to)
+
+        return self._stage("train", config, [model, records], build)
+
+    def evaluate(
+        self, model: StageResult, test_name: str, problems: list[Problem], label: str
+    ) -> StageResult:
+        e = self.cfg["evaluation"]
+        config = {"test": test_name, "questions": self._problems_digest(problems), "max_new_tokens": e["max_new_tokens"],
+                  "system": self.system, "sampler": self.cfg["sampler"]["name"]}  # fmt: skip
+
+        def build(d: Path) -> None:
+            from east.evaluation import evaluate
+
+            path = self.model_path(model)
+            result = evaluate(self.sampler, path, self._prompts(path, problems), problems,
+                              max_new_tokens=e["max_new_tokens"], processes=self.cfg["grading"]["processes"])  # fmt: skip
+            write_jsonl(d / "predictions.jsonl", result.pop("records"))
+            write_json(d / "metrics.json", result)
+
+        return self._stage("evaluate", config, [model], build, label=label)
+
+
+# ---------------------------------------------------------------------- training helpers
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
+
+
+def _trainer_args(cls: Any, out: Path, settings: dict[str, Any], seed: int, report_to: list[str]) -> Any:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    settings = dict(settings)
+    # One config for CPU and GPU: bf16 and gradient checkpointing only where they pay off.
+    settings["bf16"] = bool(settings.get("bf16", False)) and cuda
+    settings["gradient_checkpointing"] = bool(settings.get("gradient_checkpointing", False)) and cuda
+    return cls(
+        output_dir=str(out / "trainer"), seed=seed, data_seed=seed, use_cpu=not cuda, report_to=report_to,
+        save_strategy="no", disable_tqdm=False, **settings,
+    )  # fmt: skip
+
+
+def _train(
+    d: Path, objective: str, base_path: str, rows: list[dict], settings: dict, cfg: dict, report_to: list[str]
+) -> None:
+    import random
+
+    from datasets import Dataset
+
+    from east.models import load_model, load_tokenizer
+    from east.training import TRAINERS
+
+    trainer_cls, config_cls = TRAINERS[objective]
+    keep = {"sft": ("prompt", "completion", "weight"), "dpo": ("prompt", "chosen", "rejected", "weight"),
+            "kto": ("prompt", "completion", "label", "weight")}[objective]  # fmt: skip
+    rows = [{k: r[k] for k in keep} for r in rows]
+    if objective == "kto":  # KTO samples sequentially (its KL pairs): shuffle here, seeded
+        random.Random(cfg["seed"]).shuffle(rows)
+    args = _trainer_args(config_cls, d, settings, cfg["seed"], report_to)
+    tokenizer = load_tokenizer(base_path, cfg["model"]["chat_template"])
+    model = load_model(base_path, cfg["model"]["dtype"])
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(str(d / "model"))
+    tokenizer.save_pretrained(str(d / "model"))
+    write_json(d / "log_history.json", trainer.state.log_history)
+
+
+def _warm_up_tiny(d: Path, m: dict[str, Any], warmup: list[Problem], system: str | None) -> None:
+    """Train the tiny model's tokenizer on the task text, then its base policy by SFT."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from east.data.arith import warmup_completion
+    from east.models import build_tiny_model, build_tiny_tokenizer
+    from east.training import WeightedSFTTrainer
+
+    t = m["tiny"]
+    texts = [p.question + " " + warmup_completion(p) for p in warmup] + [system or ""]
+    tokenizer = build_tiny_tokenizer(texts, vocab_size=t["vocab_size"])
+    model = build_tiny_model(tokenizer, hidden_size=t["hidden_size"], num_layers=t["num_layers"],
+                             num_heads=t["num_heads"], intermediate_size=t["intermediate_size"], seed=t["seed"])  # fmt: skip
+    rows = [
+        {"prompt": messages(p.question, system), "completion": assistant(warmup_completion(p))}
+        for p in warmup
+    ]
+    args = SFTConfig(
+        output_dir=str(d / "trainer"), max_steps=t["warmup_steps"], per_device_train_batch_size=t["warmup_batch_size"],
+        learning_rate=t["warmup_lr"], lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0,
+        bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=50, seed=t["seed"],
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = WeightedSFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    trainer.train()
+    trainer.save_model(str(d / "model"))
+    tokenizer.save_pretrained(str(d / "model"))
+    write_json(d / "log_history.json", trainer.state.log_history)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment from a composed config; return (and write) its results."""
+    import hydra.utils
+
+    validate(cfg)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    out_dir = Path(c["paths"]["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = hydra.utils.instantiate(cfg.logger)
+    run_name = f"{c['objective']['name']}-{c['east']['mapping']}-a{c['east']['sharpness']}-s{c['seed']}"
+    logger.start(
+        c,
+        name=run_name,
+        group=c.get("experiment_name") or os.environ.get("EAST_SWEEP_GROUP"),
+        directory=str(out_dir),
+    )
+    try:
+        results = _run(c, logger)
+        histograms = results.pop("_histograms")
+        write_json(out_dir / "results.json", results)  # before any W&B call can fail
+        _log_results(logger, results, histograms)
+    finally:
+        logger.finish()
+    _print_summary(results)
+    return results
+
+
+def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    pipe = Pipeline(c, logger)
+    splits = load_splits(c["dataset"])
+    base = pipe.base_model(splits)
+    samples = pipe.sample(base, splits.train)
+    grades = pipe.grade(samples)
+    records = pipe.build(samples, grades)
+    trained = pipe.train(base, records)
+    evals: dict[str, dict[str, Any]] = {}
+    for name, problems in splits.tests.items():
+        entry: dict[str, Any] = {"n": len(problems)}
+        if c["evaluation"]["base"]:
+            entry["base"] = read_json(
+                pipe.evaluate(base, name, problems, f"evaluate_base_{name}").path / "metrics.json"
+            )["accuracy"]
+        entry["trained"] = read_json(
+            pipe.evaluate(trained, name, problems, f"evaluate_{name}").path / "metrics.json"
+        )["accuracy"]
+        evals[name] = entry
+    stats = read_json(records.path / "stats.json")
+    stage_summary = {k: v.summary() for k, v in pipe.stages.items()}
+    # The stage names the schema promises, whatever test sets there are.
+    stage_summary["evaluate"] = _merge_stage([v for k, v in pipe.stages.items() if k.startswith("evaluate_")])
+    return {
+        "run": {
+            "objective": c["objective"]["name"],
+            "mapping": c["east"]["mapping"],
+            "sharpness": c["east"]["sharpness"],
+            "model": c["model"]["name"],
+            "dataset": c["dataset"]["name"],
+            "seed": c["seed"],
+            "experiment": c.get("experiment_name"),
+        },
+        "stages": stage_summary,
+        "data": {
+            "questions": stats["questions"],
+            "kept": stats["kept"],
+            "dropped": stats["dropped"],
+            "records": stats["records"],
+            "entropy": stats["entropy"],
+            "weight": stats["weight"],
+            "entropy_all": stats["entropy_all"],
+            "accuracy_all": stats["accuracy_all"],
+            "skipped_rows": splits.skipped,
+        },
+        "eval": evals,
+        "paper": c.get("paper_reference"),
+        "seconds": round(time.perf_counter() - start, 2),
+        "_histograms": {
+            "entropy": stats["entropy_values"],
+            "kept_entropy": stats["kept_entropy_values"],
+            "weight": stats["weight_values"],
+        },
+    }
+
+
+def _merge_stage(results: list[StageResult]) -> dict[str, Any]:
+    return {
+        "cached": all(r.cached for r in results),
+        "seconds": round(sum(r.seconds for r in results), 3),
+        "key": ",".join(r.key for r in results),
+    }
+
+
+def _log_results(logger: Any, results: dict[str, Any], histograms: dict[str, list[float]]) -> None:
+    for name, values in histograms.items():
+        logger.histogram(f"data/{name}", values)
+    flat = {f"eval/{t}/{k}": v for t, e in results["eval"].items() for k, v in e.items()}
+    flat.update(
+        {
+            f"data/{k}/{s}": v
+            for k, d in results["data"].items()
+            if k in ("entropy", "weight")
+            for s, v in d.items()
+        }
+    )
+    flat.update({"data/questions": results["data"]["questions"], "data/kept": results["data"]["kept"]})
+    flat.update({f"data/dropped/{k}": v for k, v in results["data"]["dropped"].items()})
+    logger.log(flat)
+    logger.summary(flat)
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    r, d = results["run"], results["data"]
+    lines = [f"EAST {r['objective']} mapping={r['mapping']} a={r['sharpness']} seed={r['seed']} "
+             f"({r['model']} on {r['dataset']}, {results['seconds']:.0f}s)",
+             f"  kept {d['kept']}/{d['questions']} questions, mean weight {d['weight']['mean']:.3f}, "
+             f"mean entropy {d['entropy']['mean']:.3f} bits",
+             f"  {'test set':<12}{'base':>8}{'trained':>9}{'n':>6}"]  # fmt: skip
+    for name, e in results["eval"].items():
+        base = f"{100 * e['base']:.1f}" if "base" in e else "-"
+        lines.append(f"  {name:<12}{base:>8}{100 * e['trained']:>9.1f}{e['n']:>6}")
+    print("\n".join(lines))

@@ -1,0 +1,179 @@
+"""Samplers: n responses per prompt, each one's randomness a pure function of its seed.
+
+The contract every backend keeps: ``generate(model_path, prompts, seeds, params)`` returns,
+for prompt i, one response per seed in ``seeds[i]``, in that order; the same (prompt, seed)
+gives the same response whatever the batch it ran in or the process count. Seeds come from
+:func:`sample_seed` (question id, sample index, round). Temperature 0 is greedy decoding.
+
+Backends register by name (``hf`` here, ``vllm`` in :mod:`east.sampling_vllm`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from east.selection import derive_seed
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SAMPLERS", "HFSampler", "Sampler", "SamplingParams", "get_sampler", "sample_seed"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"sampling n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def sample_seed(base_seed: int, question_id: str, index: int, round_: int) -> int:
+    """The seed of one response: a pure function of (run seed, question, sample index, round)."""
+    return derive_seed(base_seed, question_id, index, round_) % (2**63)
+
+
+class Sampler(Protocol):
+    def generate(
+        self, model_path: str, prompts: list[str], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[str]]: ...
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {}
+
+
+def register_sampler(name: str) -> Callable:
+    def decorator(cls: Callable[..., Sampler]) -> Callable[..., Sampler]:
+        SAMPLERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_sampler(name: str, **kwargs: Any) -> Sampler:
+    if name == "vllm" and name not in SAMPLERS:
+        import east.sampling_vllm  # noqa: F401  (registers itself; clear error if vLLM is absent)
+    try:
+        return SAMPLERS[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; allowed: hf, vllm") from None
+
+
+class SeededGumbelSampling:
+    """A logits processor that samples row r from softmax(logits / T) (top-p filtered) with
+    its own generator: argmax(logits / T + Gumbel noise) is an exact sample, and greedy
+    decoding then picks it. Each row's noise depends only on its seed and step."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = (
+                cumulative - sorted_scores.softmax(dim=-1) >= self.top_p
+            )  # keep the first past top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        vocab = scores.shape[-1]
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=g, device=scores.device) for g in self.generators[: scores.shape[0]]]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1 - 1e-7)))
+        return scores + gumbel
+
+
+@register_sampler("hf")
+class HFSampler:
+    """Batched ``transformers.generate``: prompts grouped by length, n rows per prompt."""
+
+    def __init__(
+        self, batch_size: int = 64, dtype: str = "auto", device: str = "auto", progress: bool = True
+    ):
+        self.batch_size, self.dtype, self.progress = batch_size, dtype, progress
+        self.device = (
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if device == "auto"
+            else torch.device(device)
+        )
+        self.tokens_generated = 0
+        self.seconds = 0.0
+
+    def generate(
+        self, model_path: str, prompts: list[str], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[str]]:
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from east.models import load_model, load_tokenizer
+
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
+        tokenizer = load_tokenizer(model_path)
+        model = load_model(model_path, self.dtype).to(self.device).eval()
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
+        rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
+        out: list[list[str]] = [[""] * len(s) for s in seeds]
+        greedy = params.temperature == 0
+        config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        start = time.perf_counter()
+        bar = tqdm(
+            total=len(rows), desc="greedy" if greedy else "sampling", disable=not self.progress, unit="seq"
+        )
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b : b + self.batch_size]
+            width = max(len(encoded[i]) for i, _, _ in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (i, _, _) in enumerate(batch):  # left padding
+                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[r, width - len(encoded[i]) :] = 1
+            processors = LogitsProcessorList()
+            if not greedy:
+                processors.append(
+                    SeededGumbelSampling(
+                        [s for _, _, s in batch], params.temperature, params.top_p, self.device
+                    )
+                )
+            with torch.inference_mode():
+                generated = model.generate(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    generation_config=config,
+                    logits_processor=processors,
+                )
+            new = generated[:, width:]
+            for r, (i, j, _) in enumerate(batch):
+                tokens = new[r]
+                length = int((tokens != tokenizer.pad_token_id).sum())
+                self.tokens_generated += length
+                out[i][j] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            bar.update(len(batch))
+        bar.close()
+        self.seconds += time.perf_counter() - start
+        del model
+        return out

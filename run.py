@@ -1,0 +1,26 @@
+"""Run one EAST experiment (or a sweep with -m). See README.md and conf/config.yaml.
+
+python run.py                                   # the embedded default, CPU, minutes
+python run.py objective=dpo east.sharpness=2
+python run.py -m objective=sft,dpo,kto east.sharpness=0,1,2
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from east.config import register_configs
+from east.pipeline import run
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    results = run(cfg)
+    # A scalar for Hydra sweepers: mean trained accuracy over the test sets.
+    accuracies = [e["trained"] for e in results["eval"].values()]
+    return sum(accuracies) / len(accuracies) if accuracies else None
+
+
+if __name__ == "__main__":
+    main()

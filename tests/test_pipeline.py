@@ -1,0 +1,119 @@
+"""The default pipeline end to end on a shrunken embedded task: schema, sweep reuse, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from east.config import register_configs
+from east.pipeline import run
+
+ROOT = Path(__file__).resolve().parents[1]
+register_configs()
+
+# The embedded default, shrunk to seconds: a smaller model, a short warm-up, easy questions.
+SMALL = [
+    "logger=none",
+    "model.tiny.hidden_size=64",
+    "model.tiny.num_layers=2",
+    "model.tiny.num_heads=2",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.warmup_steps=150",
+    "model.tiny.warmup_batch_size=16",
+    "dataset.arith.steps=1",
+    "dataset.arith.max_number=5",
+    "dataset.arith.warmup_size=600",
+    "dataset.arith.train_size=24",
+    "dataset.arith.test_size=16",
+    "sampling.n=6",
+    "sampling.max_new_tokens=24",
+    "evaluation.max_new_tokens=24",
+]
+
+
+def _run(cache: Path, out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=[*SMALL, f"paths.cache_dir={cache}", f"paths.output_dir={out}", *overrides]
+        )
+    results = run(cfg)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    return results
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def first(cache, tmp_path_factory) -> dict:
+    return _run(cache, tmp_path_factory.mktemp("run"))
+
+
+def test_results_schema(first):
+    assert first["run"] == {"objective": "sft", "mapping": "power", "sharpness": 1.0, "model": "tiny",
+                            "dataset": "arith", "seed": 0, "experiment": None}  # fmt: skip
+    for stage in ("base_model", "sample", "grade", "build", "train", "evaluate"):
+        s = first["stages"][stage]
+        assert set(s) == {"cached", "seconds", "key"} and isinstance(s["cached"], bool)
+    d = first["data"]
+    assert d["questions"] == 24 and 0 < d["kept"] <= 24
+    assert d["kept"] + sum(d["dropped"].values()) == d["questions"]
+    assert set(d["dropped"]) == {"all_incorrect", "all_correct", "no_boxed_correct", "no_boxed_incorrect"}
+    for key in ("entropy", "weight"):
+        assert set(d[key]) == {"mean", "min", "max"}
+    assert d["weight"]["mean"] == pytest.approx(1.0, abs=1e-9)  # kept weights average 1
+    assert d["entropy"]["min"] > 0  # all-correct questions are dropped by default
+    e = first["eval"]["arith"]
+    assert e["n"] == 16 and 0 <= e["base"] <= 1 and 0 <= e["trained"] <= 1
+    assert first["stages"]["train"]["cached"] is False  # the trained model was built and evaluated
+
+
+def test_sweep_reuses_sampling_and_grading(first, cache, tmp_path):
+    for i, overrides in enumerate(
+        (["east.sharpness=2"], ["objective=dpo"], ["mapping=accuracy", "east.sharpness=0.5"])
+    ):
+        r = _run(cache, tmp_path / str(i), *overrides)
+        assert r["stages"]["sample"]["cached"] is True
+        assert r["stages"]["grade"]["cached"] is True
+        assert r["stages"]["sample"]["key"] == first["stages"]["sample"]["key"]
+        assert r["stages"]["build"]["cached"] is False and r["stages"]["train"]["cached"] is False
+        assert r["stages"]["evaluate_base_arith"]["cached"] is True  # base evaluated once per model/test
+        assert r["data"]["weight"]["mean"] == pytest.approx(1.0)
+
+
+def test_rerun_with_same_config_is_fully_cached(first, cache, tmp_path):
+    r = _run(cache, tmp_path)
+    assert all(s["cached"] for s in r["stages"].values())
+    assert r["eval"] == first["eval"] and r["data"] == first["data"]
+
+
+def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "run.py"), *SMALL, "objective=kto", "seed=7",
+           f"paths.cache_dir={cache}", f"hydra.run.dir={out}"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not list((cache / "sample").glob("[0-9a-f]*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # killed after sampling, mid-way through the rest
+    proc.wait()
+    assert list((cache / "sample").glob("[0-9a-f]*")), "the run died before finishing its sample stage"
+    assert not (out / "results.json").exists()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"]["sample"]["cached"] is True
+    assert results["stages"]["base_model"]["cached"] is True
+    assert "trained" in results["eval"]["arith"]
