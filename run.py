@@ -17,8 +17,8 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     results = run(cfg)
-    # A scalar for Hydra sweepers: mean trained accuracy over the test sets.
-    accuracies = [e["trained"] for e in results["eval"].values()]
+    # A scalar for Hydra sweepers: mean accuracy (trained, or base for evaluation-only runs).
+    accuracies = [e.get("trained", e.get("base")) for e in results["eval"].values()]
     return sum(accuracies) / len(accuracies) if accuracies else None
 
 

@@ -66,6 +66,7 @@ class DatasetConfig:
     train_split: str = "train"
     # test set name -> overrides of the fields below (split, path, answer_field, ...)
     tests: dict[str, Any] = field(default_factory=dict)
+    test_sets: list[str] | None = None  # which entries of tests to evaluate on (None: all)
     question_field: str = "question"
     solution_field: str | None = None
     answer_field: str | None = None
@@ -111,6 +112,7 @@ class SamplingConfig:
 class EvaluationConfig:
     max_new_tokens: int = 256
     base: bool = True  # also evaluate the model before self-training
+    only: bool = False  # evaluate the base model and stop (the paper's "default" row)
 
 
 @dataclass
@@ -125,6 +127,13 @@ class FilterSettings:
     drop_all_correct: bool = True
     require_boxed_correct: bool = True
     require_boxed_incorrect: bool = True
+
+
+@dataclass
+class DistributedConfig:
+    num_processes: int = 1  # > 1: the train stage runs under `accelerate launch`
+    accelerate_config: str | None = None  # relative to the project root, or absolute
+    launch_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +154,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     grading: GradingConfig = field(default_factory=GradingConfig)
     filters: FilterSettings = field(default_factory=FilterSettings)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
     experiment_name: str | None = None  # set by experiment configs; names the W&B run group
@@ -188,6 +198,8 @@ def validate(cfg: DictConfig | dict[str, Any]) -> None:
         _fail("grading.mode", c["grading"]["mode"], f"allowed: {', '.join(GRADING_MODES)}")
     if c["grading"]["processes"] < 1:
         _fail("grading.processes", c["grading"]["processes"], "must be >= 1")
+    if c["distributed"]["num_processes"] < 1:
+        _fail("distributed.num_processes", c["distributed"]["num_processes"], "must be >= 1")
     if c["objective"]["sft_k"] < 1:
         _fail("objective.sft_k", c["objective"]["sft_k"], "must be >= 1")
     if c["model"]["tiny"] is None and not c["model"]["path"]:

@@ -180,11 +180,24 @@ class Pipeline:
             **c["objective"]["trainer"],
             **((c["model"]["trainer_overrides"] or {}).get(name) or {}),
         }
-        config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"]}
+        # The process count is part of the key: with it, data order and float reductions change.
+        config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"],
+                  "processes": c["distributed"]["num_processes"]}  # fmt: skip
 
         def build(d: Path) -> None:
-            rows = read_jsonl(records.path / "records.jsonl")
-            _train(d, name, self.model_path(model), rows, trainer_cfg, c, self.logger.report_to)
+            spec = {
+                "objective": name, "base_path": self.model_path(model), "out_dir": str(d),
+                "records": str(records.path / "records.jsonl"), "settings": trainer_cfg, "seed": c["seed"],
+                "chat_template": c["model"]["chat_template"], "dtype": c["model"]["dtype"],
+            }  # fmt: skip
+            dist = c["distributed"]
+            if dist["num_processes"] == 1:
+                train_from_spec({**spec, "report_to": self.logger.report_to})
+                return
+            write_json(d / "train_spec.json", {**spec, "report_to": []})
+            _launch_workers(d / "train_spec.json", dist)
+            for entry in read_json(d / "log_history.json"):  # workers do not log to W&B
+                self.logger.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, int | float)})
 
         return self._stage("train", config, [model, records], build)
 
@@ -231,9 +244,8 @@ def _trainer_args(cls: Any, out: Path, settings: dict[str, Any], seed: int, repo
     )  # fmt: skip
 
 
-def _train(
-    d: Path, objective: str, base_path: str, rows: list[dict], settings: dict, cfg: dict, report_to: list[str]
-) -> None:
+def train_from_spec(spec: dict[str, Any]) -> None:
+    """Train one objective from a resolved spec (in the driver, or in each accelerate worker)."""
     import random
 
     from datasets import Dataset
@@ -241,22 +253,41 @@ def _train(
     from east.models import load_model, load_tokenizer
     from east.training import TRAINERS
 
+    objective, out = spec["objective"], Path(spec["out_dir"])
     trainer_cls, config_cls = TRAINERS[objective]
     keep = {"sft": ("prompt", "completion", "weight"), "dpo": ("prompt", "chosen", "rejected", "weight"),
             "kto": ("prompt", "completion", "label", "weight")}[objective]  # fmt: skip
-    rows = [{k: r[k] for k in keep} for r in rows]
+    rows = [{k: r[k] for k in keep} for r in read_jsonl(Path(spec["records"]))]
     if objective == "kto":  # KTO samples sequentially (its KL pairs): shuffle here, seeded
-        random.Random(cfg["seed"]).shuffle(rows)
-    args = _trainer_args(config_cls, d, settings, cfg["seed"], report_to)
-    tokenizer = load_tokenizer(base_path, cfg["model"]["chat_template"])
-    model = load_model(base_path, cfg["model"]["dtype"])
+        random.Random(spec["seed"]).shuffle(rows)
+    args = _trainer_args(config_cls, out, spec["settings"], spec["seed"], spec["report_to"])
+    tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
+    model = load_model(spec["base_path"], spec["dtype"])
     trainer = trainer_cls(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     trainer.train()
-    trainer.save_model(str(d / "model"))
-    tokenizer.save_pretrained(str(d / "model"))
-    write_json(d / "log_history.json", trainer.state.log_history)
+    trainer.save_model(str(out / "model"))
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(str(out / "model"))
+        write_json(out / "log_history.json", trainer.state.log_history)
+
+
+def _launch_workers(spec_path: Path, dist: dict[str, Any]) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(dist["num_processes"])]
+    if dist["accelerate_config"]:
+        config = Path(dist["accelerate_config"])
+        if not config.is_absolute():
+            config = Path(__file__).resolve().parents[1] / config
+        cmd += ["--config_file", str(config)]
+    cmd += [*dist["launch_args"], "-m", "east.train_worker", str(spec_path)]
+    log.info("launching %d training processes: %s", dist["num_processes"], " ".join(cmd))
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"distributed training failed (exit {result.returncode}): {' '.join(cmd)}")
 
 
 def _warm_up_tiny(d: Path, m: dict[str, Any], warmup: list[Problem], system: str | None) -> None:
@@ -327,28 +358,27 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
     pipe = Pipeline(c, logger)
     splits = load_splits(c["dataset"])
     base = pipe.base_model(splits)
-    samples = pipe.sample(base, splits.train)
-    grades = pipe.grade(samples)
-    records = pipe.build(samples, grades)
-    trained = pipe.train(base, records)
+    only = c["evaluation"]["only"]
+    if not only:
+        samples = pipe.sample(base, splits.train)
+        grades = pipe.grade(samples)
+        records = pipe.build(samples, grades)
+        trained = pipe.train(base, records)
     evals: dict[str, dict[str, Any]] = {}
     for name, problems in splits.tests.items():
         entry: dict[str, Any] = {"n": len(problems)}
-        if c["evaluation"]["base"]:
-            entry["base"] = read_json(
-                pipe.evaluate(base, name, problems, f"evaluate_base_{name}").path / "metrics.json"
-            )["accuracy"]
-        entry["trained"] = read_json(
-            pipe.evaluate(trained, name, problems, f"evaluate_{name}").path / "metrics.json"
-        )["accuracy"]
+        if c["evaluation"]["base"] or only:
+            entry["base"] = _accuracy(pipe.evaluate(base, name, problems, f"evaluate_base_{name}"))
+        if not only:
+            entry["trained"] = _accuracy(pipe.evaluate(trained, name, problems, f"evaluate_{name}"))
         evals[name] = entry
-    stats = read_json(records.path / "stats.json")
+    stats = _NO_TRAINING_STATS if only else read_json(records.path / "stats.json")
     stage_summary = {k: v.summary() for k, v in pipe.stages.items()}
     # The stage names the schema promises, whatever test sets there are.
     stage_summary["evaluate"] = _merge_stage([v for k, v in pipe.stages.items() if k.startswith("evaluate_")])
     return {
         "run": {
-            "objective": c["objective"]["name"],
+            "objective": "none" if only else c["objective"]["name"],
             "mapping": c["east"]["mapping"],
             "sharpness": c["east"]["sharpness"],
             "model": c["model"]["name"],
@@ -377,6 +407,17 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
             "weight": stats["weight_values"],
         },
     }
+
+
+_NO_TRAINING_STATS = {
+    "questions": 0, "kept": 0, "dropped": {}, "records": 0,
+    **{k: {"mean": None, "min": None, "max": None} for k in ("entropy", "weight", "entropy_all", "accuracy_all")},
+    "entropy_values": [], "kept_entropy_values": [], "weight_values": [],
+}  # fmt: skip
+
+
+def _accuracy(stage: StageResult) -> float:
+    return read_json(stage.path / "metrics.json")["accuracy"]
 
 
 def _merge_stage(results: list[StageResult]) -> dict[str, Any]:
@@ -408,11 +449,15 @@ def _log_results(logger: Any, results: dict[str, Any], histograms: dict[str, lis
 def _print_summary(results: dict[str, Any]) -> None:
     r, d = results["run"], results["data"]
     lines = [f"EAST {r['objective']} mapping={r['mapping']} a={r['sharpness']} seed={r['seed']} "
-             f"({r['model']} on {r['dataset']}, {results['seconds']:.0f}s)",
-             f"  kept {d['kept']}/{d['questions']} questions, mean weight {d['weight']['mean']:.3f}, "
-             f"mean entropy {d['entropy']['mean']:.3f} bits",
-             f"  {'test set':<12}{'base':>8}{'trained':>9}{'n':>6}"]  # fmt: skip
+             f"({r['model']} on {r['dataset']}, {results['seconds']:.0f}s)"]  # fmt: skip
+    if d["kept"]:
+        lines.append(f"  kept {d['kept']}/{d['questions']} questions, mean weight {d['weight']['mean']:.3f}, "
+                     f"mean entropy {d['entropy']['mean']:.3f} bits")  # fmt: skip
+    lines.append(f"  {'test set':<12}{'base':>8}{'trained':>9}{'n':>6}")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
     for name, e in results["eval"].items():
-        base = f"{100 * e['base']:.1f}" if "base" in e else "-"
-        lines.append(f"  {name:<12}{base:>8}{100 * e['trained']:>9.1f}{e['n']:>6}")
+        lines.append(f"  {name:<12}{pct(e.get('base')):>8}{pct(e.get('trained')):>9}{e['n']:>6}")
     print("\n".join(lines))

@@ -26,12 +26,13 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["model", "dataset", "objective", "mapping", "sampler", "logger"]
+GROUPS = ["model", "dataset", "objective", "mapping", "sampler", "logger", "scale", "distributed"]
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
-    cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}"])
+    extra = ["dataset.path=/data/mine"] if (group, option) == ("dataset", "jsonl") else []
+    cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}", *extra])
     validate(cfg)
     if group == "logger":
         logger = hydra.utils.instantiate(cfg.logger)
@@ -42,6 +43,8 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
         assert get_mapping(cfg.east.mapping).name == option
     if group == "sampler":
         assert cfg.sampler.name == option
+    if group == "distributed" and cfg.distributed.accelerate_config:
+        assert (CONF.parent / cfg.distributed.accelerate_config).is_file()
 
 
 def test_mapping_composes_into_the_east_node():

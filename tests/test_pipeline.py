@@ -117,3 +117,15 @@ def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     assert results["stages"]["sample"]["cached"] is True
     assert results["stages"]["base_model"]["cached"] is True
     assert "trained" in results["eval"]["arith"]
+
+
+def test_training_stage_under_two_accelerate_processes(first, cache, tmp_path):
+    """Hydra stays in the driver; two CPU workers (gloo DDP) read the spec it wrote."""
+    r = _run(cache, tmp_path, "distributed=cpu2", "objective=dpo")
+    assert r["stages"]["train"]["cached"] is False
+    assert r["stages"]["sample"]["cached"] is True
+    spec = json.loads(
+        next((cache / "train").glob(f"{r['stages']['train']['key']}/train_spec.json")).read_text()
+    )
+    assert spec["objective"] == "dpo" and spec["report_to"] == []
+    assert 0 <= r["eval"]["arith"]["trained"] <= 1

@@ -36,11 +36,20 @@ def load_splits(cfg: dict[str, Any]) -> Splits:
             tests={"arith": _limit(parts["test"], cfg.get("max_test"))},
             warmup=parts["warmup"],
         )
-    base = {k: cfg[k] for k in _SOURCE_KEYS if cfg.get(k) is not None and k not in ("split", "limit")}
+    base = {
+        k: cfg[k] for k in _SOURCE_KEYS if cfg.get(k) is not None and k not in ("split", "limit", "hub_split")
+    }
     train_spec = SourceSpec(name=cfg["name"], split=cfg["train_split"], limit=cfg.get("max_train"), **base)
     splits = Splits(train=load_problems(train_spec), tests={})
     splits.skipped["train"] = train_spec.skipped
-    for name, override in cfg["tests"].items():
+    wanted = cfg.get("test_sets") or list(cfg["tests"])
+    unknown = sorted(set(wanted) - set(cfg["tests"]))
+    if unknown:
+        raise ValueError(
+            f"dataset.test_sets: unknown test set(s) {unknown}; allowed: {', '.join(cfg['tests'])}"
+        )
+    for name in wanted:
+        override = cfg["tests"][name] or {}
         spec = SourceSpec(
             name=name,
             limit=cfg.get("max_test"),

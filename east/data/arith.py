@@ -82,18 +82,20 @@ def generate(spec: ArithSpec) -> dict[str, list[Problem]]:
     wanted = sum(sizes.values())
     seen: set[str] = set()
     problems: list[tuple[str, str, int]] = []
-    attempts = 0
+    misses = 0  # draws in a row that gave an already-seen question
     while len(problems) < wanted:
-        attempts += 1
-        if attempts > 50 * wanted + 1000:
+        if misses > 20_000:
             raise ValueError(
                 f"arith: only {len(problems)} distinct problems for {wanted} requested; "
                 "raise dataset.max_number or dataset.steps, or shrink the splits"
             )
         q, solution, answer = make_problem(rng, spec)
-        if q not in seen:
-            seen.add(q)
-            problems.append((q, solution, answer))
+        if q in seen:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(q)
+        problems.append((q, solution, answer))
     out: dict[str, list[Problem]] = {}
     start = 0
     for split, size in sizes.items():

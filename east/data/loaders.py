@@ -35,6 +35,7 @@ class SourceSpec:
     split: str = "test"
     hub_id: str | None = None
     hub_config: str | None = None
+    hub_split: str | None = None  # the split's name on the hub, when it differs from `split`
     question_field: str = "question"
     solution_field: str | None = None
     answer_field: str | None = None
@@ -78,9 +79,10 @@ def _rows(spec: SourceSpec) -> Iterable[tuple[str, int, dict[str, Any]]]:
         raise DataError(f"dataset {spec.name!r}: set a local path (dataset.path=...) or a hub id")
     import datasets
 
-    ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.split)
+    split = spec.hub_split or spec.split
+    ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
     for i, record in enumerate(ds):
-        yield f"{spec.hub_id}[{spec.split}]", i + 1, dict(record)
+        yield f"{spec.hub_id}[{split}]", i + 1, dict(record)
 
 
 def _gold(spec: SourceSpec, record: dict[str, Any]) -> str:

@@ -1,0 +1,64 @@
+"""Every experiment config runs (shrunk to the embedded default) in one multirun; the SLURM
+launcher config composes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .test_config import _compose
+from .test_pipeline import ROOT, SMALL
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_one_experiment_per_table_cell():
+    assert len(EXPERIMENTS) == 28  # 7 settings x 2 models x 2 datasets
+    for name in EXPERIMENTS:
+        cfg = _compose([f"experiment={name}"])
+        assert cfg.experiment_name == name
+        assert cfg.paper_reference.accuracy > 0
+        assert cfg.model.name in ("llama-3.2-1b", "llama-3.1-8b")
+        east = name.endswith("_east")
+        if not name.endswith("_default"):
+            assert cfg.east.mapping == ("power" if east else "uniform")
+            assert cfg.objective.name == name.split("_")[2]
+        else:
+            assert cfg.evaluation.only
+
+
+def test_every_experiment_runs_as_one_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "experiment=glob(*)", "model=tiny", "dataset=arith",
+           "scale=tiny", *SMALL, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
+           "hydra.sweep.subdir=${hydra.job.num}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert sorted(r["run"]["experiment"] for r in results) == EXPERIMENTS
+    for r in results:
+        assert "base" in r["eval"]["arith"]
+        assert ("trained" in r["eval"]["arith"]) == (not r["run"]["experiment"].endswith("_default"))
+    # The shrunk cells share one base model and one sample set.
+    keys = {r["stages"]["sample"]["key"] for r in results if "sample" in r["stages"]}
+    assert len(keys) == 1
+
+
+def test_slurm_launcher_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["hydra/launcher=slurm", "paths.output_dir=/tmp/x"], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1
+
+
+def test_paper_table_script_lists_the_experiments():
+    text = (ROOT / "experiments" / "paper_table.sh").read_text()
+    assert "experiment=glob(" in text
+    assert Path(ROOT / "experiments" / "paper_table.sh").stat().st_mode & 0o111
