@@ -346,7 +346,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results = _run(c, logger)
         histograms = results.pop("_histograms")
         write_json(out_dir / "results.json", results)  # before any W&B call can fail
-        _log_results(logger, results, histograms)
+        images = []
+        if histograms["kept_entropy"]:
+            from east.plots import plot_run
+
+            images = plot_run(histograms, out_dir)
+        _log_results(logger, results, histograms, images)
     finally:
         logger.finish()
     _print_summary(results)
@@ -428,7 +433,11 @@ def _merge_stage(results: list[StageResult]) -> dict[str, Any]:
     }
 
 
-def _log_results(logger: Any, results: dict[str, Any], histograms: dict[str, list[float]]) -> None:
+def _log_results(
+    logger: Any, results: dict[str, Any], histograms: dict[str, list[float]], images: list[Path]
+) -> None:
+    for image in images:
+        logger.image(f"plots/{image.stem}", image)
     for name, values in histograms.items():
         logger.histogram(f"data/{name}", values)
     flat = {f"eval/{t}/{k}": v for t, e in results["eval"].items() for k, v in e.items()}
@@ -443,7 +452,8 @@ def _log_results(logger: Any, results: dict[str, Any], histograms: dict[str, lis
     flat.update({"data/questions": results["data"]["questions"], "data/kept": results["data"]["kept"]})
     flat.update({f"data/dropped/{k}": v for k, v in results["data"]["dropped"].items()})
     logger.log(flat)
-    logger.summary(flat)
+    # The whole results.json, so east.report can rebuild the table from a W&B project.
+    logger.summary({**flat, "results_json": json.dumps(results)})
 
 
 def _print_summary(results: dict[str, Any]) -> None:

@@ -26,6 +26,9 @@ class NullLogger:
     def histogram(self, name: str, values: list[float]) -> None:
         pass
 
+    def image(self, name: str, path: Any) -> None:
+        pass
+
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
@@ -75,6 +78,12 @@ class WandbLogger(NullLogger):
             import wandb
 
             self._safe("histogram", self.run.log, {name: wandb.Histogram(values)})
+
+    def image(self, name: str, path: Any) -> None:
+        if self.run is not None:
+            import wandb
+
+            self._safe("image", self.run.log, {name: wandb.Image(str(path))})
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.run is not None:

@@ -1,0 +1,198 @@
+"""Finished runs -> the paper's results table and the sweep plots.
+
+Runs come from the ``results.json`` files under a sweep folder (works offline) or from a W&B
+project (each run stores its results.json in its summary). The table has the paper's rows
+(default, SFT, +EAST, DPO, +EAST, KTO, +EAST) per model, a column per test set and AVG; each
+cell is mean ± std over seeds with the seed count; the paper's number sits beside it with
+our difference. Missing cells stay missing (never zero).
+
+    python -m east.report multirun/2026-11-26/10-00-00 --out table   # writes table.md, table.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PAPER", "ROWS", "build_table", "collect_runs", "collect_wandb", "setting_of", "to_markdown"]
+
+#: east-method.md section 3, accuracy % (GSM8K / MATH).
+PAPER: dict[str, dict[str, dict[str, float]]] = {
+    "llama-3.2-1b": {
+        "default": {"gsm8k": 46.2, "math": 28.5}, "sft": {"gsm8k": 50.1, "math": 28.4},
+        "sft_east": {"gsm8k": 51.8, "math": 29.4}, "dpo": {"gsm8k": 50.2, "math": 28.7},
+        "dpo_east": {"gsm8k": 51.9, "math": 29.7}, "kto": {"gsm8k": 53.0, "math": 28.8},
+        "kto_east": {"gsm8k": 53.0, "math": 29.9},
+    },
+    "llama-3.1-8b": {
+        "default": {"gsm8k": 82.8, "math": 50.4}, "sft": {"gsm8k": 85.0, "math": 50.0},
+        "sft_east": {"gsm8k": 86.1, "math": 51.2}, "dpo": {"gsm8k": 84.6, "math": 50.1},
+        "dpo_east": {"gsm8k": 85.4, "math": 50.9}, "kto": {"gsm8k": 83.9, "math": 48.9},
+        "kto_east": {"gsm8k": 85.1, "math": 51.0},
+    },
+}  # fmt: skip
+ROWS = ["default", "sft", "sft_east", "dpo", "dpo_east", "kto", "kto_east"]
+LABELS = {"default": "default", "sft": "SFT", "sft_east": "+EAST", "dpo": "DPO", "dpo_east": "+EAST",
+          "kto": "KTO", "kto_east": "+EAST"}  # fmt: skip
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every ``results.json`` below ``sweep_dir`` (sorted by path)."""
+    paths = sorted(Path(sweep_dir).rglob("results.json"))
+    runs = []
+    for p in paths:
+        r = json.loads(p.read_text())
+        r["_path"] = str(p.parent)
+        runs.append(r)
+    return runs
+
+
+def collect_wandb(
+    project: str, entity: str | None = None, filters: dict | None = None
+) -> list[dict[str, Any]]:
+    """Runs of a W&B project (needs network and an API key)."""
+    import wandb
+
+    api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    runs = []
+    for run in api.runs(path, filters=filters or {}):
+        text = run.summary.get("results_json")
+        if text:
+            runs.append({**json.loads(text), "_path": run.url})
+    return runs
+
+
+def setting_of(run: dict[str, Any]) -> str:
+    """The table row of a run: ``default``, ``sft`` / ``dpo`` / ``kto`` (uniform weights, or
+    power with a = 0) or ``<objective>_east`` (any other weighting)."""
+    r = run["run"]
+    if r["objective"] == "none":
+        return "default"
+    vanilla = r["mapping"] == "uniform" or (r["mapping"] in ("power", "exponential") and r["sharpness"] == 0)
+    return r["objective"] if vanilla else f"{r['objective']}_east"
+
+
+def _cells(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """(model, row, test set) -> {seed: accuracy %}. The base model fills the default row."""
+    cells: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+    for run in runs:
+        model, seed = run["run"]["model"], run["run"]["seed"]
+        row = setting_of(run)
+        for test, e in run["eval"].items():
+            if e.get("base") is not None:
+                cells[(model, "default", test)][seed] = 100 * e["base"]
+            if row != "default" and e.get("trained") is not None:
+                cells[(model, row, test)][seed] = 100 * e["trained"]
+    return cells
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[str, Any]]:
+    """One record per (model, row): per test set and AVG, mean/std/seeds and the paper's value.
+
+    AVG is the mean over test sets of the per-seed mean, present only when every test set is.
+    """
+    cells = _cells(runs)
+    models = sorted({k[0] for k in cells})
+    # The paper's test sets are columns for its models even where no run covers them yet.
+    found = {k[2] for k in cells} | {t for m in models for row in paper.get(m, {}).values() for t in row}
+    tests = sorted(found, key=lambda t: (t not in ("gsm8k", "math"), t))
+    table = []
+    for model in models:
+        for row in ROWS:
+            rec: dict[str, Any] = {"model": model, "row": row, "label": LABELS[row]}
+            means = []
+            for test in tests:
+                seeds = cells.get((model, row, test), {})
+                ref = paper.get(model, {}).get(row, {}).get(test)
+                if seeds:
+                    m, s = _mean_std(list(seeds.values()))
+                    means.append(m)
+                    rec[test] = {"mean": m, "std": s, "seeds": len(seeds), "paper": ref,
+                                 "diff": None if ref is None else m - ref}  # fmt: skip
+                else:
+                    rec[test] = {"mean": None, "std": None, "seeds": 0, "paper": ref, "diff": None}
+            refs = [paper.get(model, {}).get(row, {}).get(t) for t in tests]
+            avg_ref = sum(refs) / len(refs) if refs and all(r is not None for r in refs) else None
+            avg = sum(means) / len(means) if len(means) == len(tests) and means else None
+            rec["AVG"] = {"mean": avg, "std": None, "seeds": None, "paper": avg_ref,
+                          "diff": None if avg is None or avg_ref is None else avg - avg_ref}  # fmt: skip
+            if any(rec[t]["mean"] is not None for t in tests) or avg_ref is not None:
+                table.append(rec)
+    return table
+
+
+def table_columns(table: list[dict[str, Any]]) -> list[str]:
+    skip = {"model", "row", "label"}
+    return [k for k in table[0] if k not in skip] if table else []
+
+
+def _fmt(cell: dict[str, Any]) -> str:
+    if cell["mean"] is None:
+        return "–"
+    if cell.get("seeds") is None:
+        return f"{cell['mean']:.1f}"
+    return f"{cell['mean']:.1f} ± {cell['std']:.1f} (n={cell['seeds']})"
+
+
+def to_markdown(table: list[dict[str, Any]]) -> str:
+    cols = table_columns(table)
+    head = ["model", "setting", *cols, *(f"paper {c}" for c in cols), *(f"Δ {c}" for c in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rec in table:
+        ours = [_fmt(rec[c]) for c in cols]
+        paper = ["–" if rec[c]["paper"] is None else f"{rec[c]['paper']:.1f}" for c in cols]
+        diff = ["–" if rec[c]["diff"] is None else f"{rec[c]['diff']:+.1f}" for c in cols]
+        lines.append("| " + " | ".join([rec["model"], rec["label"], *ours, *paper, *diff]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
+    import csv
+
+    cols = table_columns(table)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["model", "setting"]
+            + [f"{c}_{k}" for c in cols for k in ("mean", "std", "seeds", "paper", "diff")]
+        )
+        for rec in table:
+            w.writerow([rec["model"], rec["row"]] + ["" if rec[c][k] is None else rec[c][k] for c in cols
+                                                      for k in ("mean", "std", "seeds", "paper", "diff")])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the EAST results table from a sweep folder.")
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--out", default=None, help="write OUT.md and OUT.csv (default: print)")
+    parser.add_argument("--plots", action="store_true", help="also write the sweep plots into sweep_dir")
+    args = parser.parse_args(argv)
+    runs = collect_runs(args.sweep_dir)
+    if not runs:
+        raise SystemExit(f"no results.json under {args.sweep_dir}")
+    table = build_table(runs)
+    md = to_markdown(table)
+    if args.out:
+        Path(f"{args.out}.md").write_text(md)
+        to_csv(table, f"{args.out}.csv")
+    print(md)
+    if args.plots:
+        from east.plots import plot_accuracy_vs_sharpness
+
+        plot_accuracy_vs_sharpness(runs, Path(args.sweep_dir) / "accuracy_vs_sharpness.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Runs -> the paper's table and figures; the notebook executes against a real sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from east.plots import plot_accuracy_vs_sharpness, plot_mappings, plot_run
+from east.report import build_table, collect_runs, setting_of, to_markdown
+
+from .test_pipeline import ROOT, SMALL
+
+
+def _run(objective, mapping, sharpness, seed, trained, base=0.4, model="llama-3.2-1b", test="gsm8k"):
+    return {"run": {"objective": objective, "mapping": mapping, "sharpness": sharpness, "model": model,
+                    "dataset": test, "seed": seed},
+            "eval": {test: {"base": base, "trained": trained, "n": 100}}}  # fmt: skip
+
+
+def test_settings():
+    assert setting_of(_run("sft", "uniform", 0, 0, 0.5)) == "sft"
+    assert setting_of(_run("sft", "power", 0, 0, 0.5)) == "sft"  # a = 0 is vanilla
+    assert setting_of(_run("dpo", "power", 2, 0, 0.5)) == "dpo_east"
+    assert setting_of(_run("kto", "accuracy", 1, 0, 0.5)) == "kto_east"
+    assert setting_of({"run": {"objective": "none"}}) == "default"
+
+
+def test_table_means_stds_paper_and_missing_cells():
+    runs = [_run("sft", "uniform", 0, s, t) for s, t in ((0, 0.50), (1, 0.52), (2, 0.54))]
+    runs.append(_run("sft", "power", 1, 0, 0.55))
+    table = {(r["model"], r["row"]): r for r in build_table(runs)}
+    sft = table[("llama-3.2-1b", "sft")]["gsm8k"]
+    assert sft["mean"] == pytest.approx(52.0) and sft["std"] == pytest.approx(2.0) and sft["seeds"] == 3
+    assert sft["paper"] == 50.1 and sft["diff"] == pytest.approx(1.9)
+    assert table[("llama-3.2-1b", "default")]["gsm8k"]["mean"] == pytest.approx(40.0)
+    assert table[("llama-3.2-1b", "dpo")]["gsm8k"]["mean"] is None  # missing, never zero
+    assert table[("llama-3.2-1b", "sft")]["AVG"]["mean"] is None  # MATH missing -> no AVG
+    md = to_markdown(build_table(runs))
+    assert "52.0 ± 2.0 (n=3)" in md and "| llama-3.2-1b | DPO | – |" in md
+
+
+def test_figures(tmp_path):
+    assert plot_mappings(tmp_path / "m.png").stat().st_size > 1000
+    runs = [_run("sft", "power", a, s, 0.5 + 0.01 * a + 0.001 * s) for a in (0, 1, 2) for s in (0, 1)]
+    assert plot_accuracy_vs_sharpness(runs, tmp_path / "a.png").stat().st_size > 1000
+    paths = plot_run(
+        {"entropy": [0.5, 1.0, 2.0], "kept_entropy": [1.0, 2.0], "weight": [0.67, 1.33]}, tmp_path
+    )
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "objective=sft,dpo", "mapping=uniform,power", "seed=0,1",
+           *SMALL, f"paths.cache_dir={root / 'cache'}", f"hydra.sweep.dir={root / 'runs'}",
+           "hydra.sweep.subdir=${hydra.job.num}"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "runs"
+
+
+def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    runs = collect_runs(small_sweep)
+    assert len(runs) == 8
+    assert all((small_sweep / str(i) / "entropy_hist.png").exists() for i in range(8))
+    nb = nbformat.read(ROOT / "notebooks" / "results_table.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "store the notebook without outputs"
+    )
+    os.environ.update(EAST_SWEEP_DIR=str(small_sweep), EAST_REPORT_OUT=str(tmp_path))
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
+    finally:
+        for key in ("EAST_SWEEP_DIR", "EAST_REPORT_OUT"):
+            os.environ.pop(key)
+    table = (tmp_path / "table.md").read_text()
+    for label in ("default", "SFT", "DPO"):
+        assert f"| tiny | {label} |" in table
+    assert table.count("| tiny | +EAST |") == 2
+    assert "(n=2)" in table
+    assert (tmp_path / "mappings.png").exists() and (tmp_path / "accuracy_vs_sharpness.png").exists()
+    assert (tmp_path / "table.csv").read_text().startswith("model,setting,arith_mean")
+
+
+def test_report_command_line(small_sweep, tmp_path):
+    out = tmp_path / "t"
+    proc = subprocess.run([sys.executable, "-m", "east.report", str(small_sweep), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "| tiny | KTO |" not in proc.stdout and json.dumps is not None
+    assert out.with_suffix(".md").read_text() == proc.stdout.rstrip("\n") + "\n"
