@@ -113,6 +113,8 @@ class EvaluationConfig:
     max_new_tokens: int = 256
     base: bool = True  # also evaluate the model before self-training
     only: bool = False  # evaluate the base model and stop (the paper's "default" row)
+    samples: int = 0  # > 0: also sample this many answers per test question for maj@n / pass@k
+    pass_k: list[int] = field(default_factory=lambda: [1])  # k values for pass@k (each <= samples)
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
+    rounds: int = 1  # iterative self-training: sample -> grade -> weight -> train, R times
     experiment_name: str | None = None  # set by experiment configs; names the W&B run group
     paper_reference: dict[str, Any] | None = None  # experiment configs: the numbers they reproduce
 
@@ -198,6 +201,13 @@ def validate(cfg: DictConfig | dict[str, Any]) -> None:
         _fail("grading.mode", c["grading"]["mode"], f"allowed: {', '.join(GRADING_MODES)}")
     if c["grading"]["processes"] < 1:
         _fail("grading.processes", c["grading"]["processes"], "must be >= 1")
+    if c["rounds"] < 1:
+        _fail("rounds", c["rounds"], "must be >= 1")
+    e = c["evaluation"]
+    if e["samples"] < 0:
+        _fail("evaluation.samples", e["samples"], "must be >= 0")
+    if e["samples"] and any(not 1 <= k <= e["samples"] for k in e["pass_k"]):
+        _fail("evaluation.pass_k", e["pass_k"], f"each k must be in 1..evaluation.samples ({e['samples']})")
     if c["distributed"]["num_processes"] < 1:
         _fail("distributed.num_processes", c["distributed"]["num_processes"], "must be >= 1")
     if c["objective"]["sft_k"] < 1:

@@ -102,16 +102,15 @@ class Pipeline:
             start = time.perf_counter()
             responses = self.sampler.generate(path, self._prompts(path, problems), seeds, params)
             seconds = time.perf_counter() - start
-            write_jsonl(
-                d / "samples.jsonl", [{**p.to_dict(), "responses": r} for p, r in zip(problems, responses)]
-            )
+            token_entropy = getattr(self.sampler, "token_entropy", None) or [None] * len(problems)
+            rows = [{**p.to_dict(), "responses": r, "token_entropy": t}
+                    for p, r, t in zip(problems, responses, token_entropy)]  # fmt: skip
+            write_jsonl(d / "samples.jsonl", rows)
             write_json(d / "stats.json", {"seconds": seconds, "responses": sum(map(len, responses))})
 
-        return self._stage(
-            "sample", config, [model], build, label="sample" if round_ == 0 else f"sample_r{round_}"
-        )
+        return self._stage("sample", config, [model], build, label=_round_label("sample", round_))
 
-    def grade(self, samples: StageResult) -> StageResult:
+    def grade(self, samples: StageResult, round_: int = 0) -> StageResult:
         from east.answers import grade_questions
 
         g = self.cfg["grading"]
@@ -122,9 +121,10 @@ class Pipeline:
                                      processes=g["processes"], timeout_s=g["timeout_s"])  # fmt: skip
             write_jsonl(d / "grades.jsonl", [{"id": r["id"], **gr.to_dict()} for r, gr in zip(rows, grades)])
 
-        return self._stage("grade", {"mode": g["mode"], "timeout_s": g["timeout_s"]}, [samples], build)
+        config = {"mode": g["mode"], "timeout_s": g["timeout_s"]}
+        return self._stage("grade", config, [samples], build, label=_round_label("grade", round_))
 
-    def build(self, samples: StageResult, grades: StageResult) -> StageResult:
+    def build(self, samples: StageResult, grades: StageResult, round_: int = 0) -> StageResult:
         """Filter, weight and build the objective's training records."""
         from east.answers import QuestionGrade
         from east.selection import FilterConfig, GradedQuestion, build_records, filter_questions
@@ -152,7 +152,7 @@ class Pipeline:
                     f"no training question survived the filters (dropped per rule: {dropped}); "
                     "sample more responses (sampling.n) or relax the filters"
                 )
-            weights = compute_weights([q.grade for q in kept], c["east"]["mapping"], c["east"]["sharpness"])
+            weights = compute_weights(_signals(kept, rows), c["east"]["mapping"], c["east"]["sharpness"])
             kwargs = {"k": c["objective"]["sft_k"]} if c["objective"]["name"] == "sft" else {}
             records = build_records(c["objective"]["name"], kept, weights, seed=c["seed"], **kwargs)
             for r in records:  # TRL conversational format
@@ -171,9 +171,9 @@ class Pipeline:
                 "entropy_values": entropy,
             })  # fmt: skip
 
-        return self._stage("build", config, [grades], run)
+        return self._stage("build", config, [grades], run, label=_round_label("build", round_))
 
-    def train(self, model: StageResult, records: StageResult) -> StageResult:
+    def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:
         c = self.cfg
         name = c["objective"]["name"]
         trainer_cfg = {
@@ -199,7 +199,7 @@ class Pipeline:
             for entry in read_json(d / "log_history.json"):  # workers do not log to W&B
                 self.logger.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, int | float)})
 
-        return self._stage("train", config, [model, records], build)
+        return self._stage("train", config, [model, records], build, label=_round_label("train", round_))
 
     def evaluate(
         self, model: StageResult, test_name: str, problems: list[Problem], label: str
@@ -218,6 +218,60 @@ class Pipeline:
             write_json(d / "metrics.json", result)
 
         return self._stage("evaluate", config, [model], build, label=label)
+
+    def evaluate_sampled(
+        self, model: StageResult, test_name: str, problems: list[Problem], label: str
+    ) -> StageResult:
+        """maj@n and unbiased pass@k over n sampled answers per test question."""
+        e, s = self.cfg["evaluation"], self.cfg["sampling"]
+        params = SamplingParams(n=e["samples"], temperature=s["temperature"], top_p=s["top_p"],
+                                max_new_tokens=e["max_new_tokens"])  # fmt: skip
+        config = {"test": test_name, "questions": self._problems_digest(problems), "params": params.__dict__,
+                  "system": self.system, "sampler": self.cfg["sampler"]["name"], "seed": self.cfg["seed"],
+                  "pass_k": e["pass_k"]}  # fmt: skip
+
+        def build(d: Path) -> None:
+            from east.answers import grade_questions
+            from east.metrics import majority_correct, pass_at_k
+
+            path = self.model_path(model)
+            seeds = [
+                [sample_seed(self.cfg["seed"], p.id, j, "eval") for j in range(params.n)] for p in problems
+            ]
+            responses = self.sampler.generate(path, self._prompts(path, problems), seeds, params)
+            grades = grade_questions([(r, p.gold) for r, p in zip(responses, problems)],
+                                     processes=self.cfg["grading"]["processes"])  # fmt: skip
+            metrics = {f"maj@{params.n}": float(np.mean([majority_correct(g) for g in grades]))}
+            for k in e["pass_k"]:
+                metrics[f"pass@{k}"] = float(np.mean([pass_at_k(g.n, sum(g.correct), k) for g in grades]))
+            write_json(d / "metrics.json", metrics)
+
+        return self._stage("evaluate_sampled", config, [model], build, label=label)
+
+
+def _round_label(stage: str, round_: int) -> str:
+    return stage if round_ == 0 else f"{stage}_r{round_}"
+
+
+def _signals(kept: list[Any], rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per kept question, every statistic a mapping may read (east.weighting.SIGNALS)."""
+    token = {r["id"]: r.get("token_entropy") for r in rows}
+    signals: dict[str, list[float]] = {
+        "entropy": [q.grade.entropy for q in kept],
+        "accuracy": [q.grade.accuracy for q in kept],
+        "rejected": [q.grade.rejected_share for q in kept],
+    }
+    if all(token.get(q.question_id) for q in kept):
+        signals["token_entropy"] = [float(np.mean(token[q.question_id])) for q in kept]
+    return _SignalTable(signals)
+
+
+class _SignalTable(dict):
+    def __missing__(self, key: str) -> list[float]:
+        raise ValueError(
+            f"mapping signal {key!r} is not available: token-level entropies are recorded by the hf "
+            "sampler while sampling (sampler=hf), not by this run's sampler"
+        )
 
 
 # ---------------------------------------------------------------------- training helpers
@@ -364,18 +418,34 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
     splits = load_splits(c["dataset"])
     base = pipe.base_model(splits)
     only = c["evaluation"]["only"]
-    if not only:
-        samples = pipe.sample(base, splits.train)
-        grades = pipe.grade(samples)
-        records = pipe.build(samples, grades)
-        trained = pipe.train(base, records)
+    rounds = [] if only else range(c["rounds"])
+    model, per_round = base, []
+    for r in rounds:  # each round samples from the model the previous round trained
+        samples = pipe.sample(model, splits.train, round_=r)
+        grades = pipe.grade(samples, round_=r)
+        records = pipe.build(samples, grades, round_=r)
+        model = pipe.train(model, records, round_=r)
+        if c["rounds"] > 1:
+            accs = {name: _accuracy(pipe.evaluate(model, name, problems, f"evaluate_{name}_r{r}"))
+                    for name, problems in splits.tests.items()}  # fmt: skip
+            per_round.append(
+                {"round": r, "eval": accs, "kept": read_json(records.path / "stats.json")["kept"]}
+            )
+            logger.log({"round": r, **{f"eval/{name}/round_accuracy": a for name, a in accs.items()}})
     evals: dict[str, dict[str, Any]] = {}
     for name, problems in splits.tests.items():
         entry: dict[str, Any] = {"n": len(problems)}
-        if c["evaluation"]["base"] or only:
-            entry["base"] = _accuracy(pipe.evaluate(base, name, problems, f"evaluate_base_{name}"))
-        if not only:
-            entry["trained"] = _accuracy(pipe.evaluate(trained, name, problems, f"evaluate_{name}"))
+        targets = ([("base", base)] if c["evaluation"]["base"] or only else []) + (
+            [] if only else [("trained", model)]
+        )
+        for which, m in targets:
+            label = "evaluate_base" if which == "base" else "evaluate"
+            entry[which] = _accuracy(pipe.evaluate(m, name, problems, f"{label}_{name}"))
+            if c["evaluation"]["samples"]:
+                sampled = read_json(
+                    pipe.evaluate_sampled(m, name, problems, f"{label}_sampled_{name}").path / "metrics.json"
+                )
+                entry.update({f"{which}_{k}": v for k, v in sampled.items()})
         evals[name] = entry
     stats = _NO_TRAINING_STATS if only else read_json(records.path / "stats.json")
     stage_summary = {k: v.summary() for k, v in pipe.stages.items()}
@@ -404,6 +474,7 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
             "skipped_rows": splits.skipped,
         },
         "eval": evals,
+        "rounds": per_round,
         "paper": c.get("paper_reference"),
         "seconds": round(time.perf_counter() - start, 2),
         "_histograms": {

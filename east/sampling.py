@@ -43,7 +43,7 @@ class SamplingParams:
             raise ValueError(f"sampling max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def sample_seed(base_seed: int, question_id: str, index: int, round_: int) -> int:
+def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str) -> int:
     """The seed of one response: a pure function of (run seed, question, sample index, round)."""
     return derive_seed(base_seed, question_id, index, round_) % (2**63)
 
@@ -82,9 +82,14 @@ class SeededGumbelSampling:
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
         self.temperature, self.top_p = temperature, top_p
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.step_entropy: list[torch.Tensor] = []  # per step: entropy of each row's distribution
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
+        # Token-level uncertainty of the sampling distribution (the paper's "local uncertainty"
+        # baseline), recorded here so it costs no second pass.
+        logp = torch.log_softmax(scores, dim=-1)
+        self.step_entropy.append(-(logp.exp() * logp).nan_to_num().sum(dim=-1))
         if self.top_p < 1.0:
             sorted_scores, order = scores.sort(dim=-1, descending=True)
             cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
@@ -133,6 +138,8 @@ class HFSampler:
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
         out: list[list[str]] = [[""] * len(s) for s in seeds]
+        #: Mean token entropy (nats) of each sampled response, aligned with the output.
+        self.token_entropy: list[list[float]] | None = [[0.0] * len(s) for s in seeds]
         greedy = params.temperature == 0
         config = GenerationConfig(
             do_sample=False,
@@ -153,12 +160,11 @@ class HFSampler:
                 ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]) :] = 1
             processors = LogitsProcessorList()
+            sampler = None
             if not greedy:
-                processors.append(
-                    SeededGumbelSampling(
-                        [s for _, _, s in batch], params.temperature, params.top_p, self.device
-                    )
-                )
+                seeds_batch = [s for _, _, s in batch]
+                sampler = SeededGumbelSampling(seeds_batch, params.temperature, params.top_p, self.device)
+                processors.append(sampler)
             with torch.inference_mode():
                 generated = model.generate(
                     input_ids=ids.to(self.device),
@@ -167,13 +173,28 @@ class HFSampler:
                     logits_processor=processors,
                 )
             new = generated[:, width:]
+            mean_entropy = (
+                _mean_until_eos(sampler.step_entropy, new, tokenizer.eos_token_id) if sampler else None
+            )
             for r, (i, j, _) in enumerate(batch):
+                if mean_entropy is not None:
+                    self.token_entropy[i][j] = float(mean_entropy[r])
                 tokens = new[r]
                 length = int((tokens != tokenizer.pad_token_id).sum())
                 self.tokens_generated += length
                 out[i][j] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             bar.update(len(batch))
         bar.close()
+        if greedy:
+            self.token_entropy = None
         self.seconds += time.perf_counter() - start
         del model
         return out
+
+
+def _mean_until_eos(step_entropy: list[torch.Tensor], new_tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Per row, the mean of the recorded step values over its tokens up to its first EOS."""
+    values = torch.stack(step_entropy, dim=1)[:, : new_tokens.shape[1]]
+    is_eos = (new_tokens[:, : values.shape[1]] == eos_id).long()
+    valid = (is_eos.cumsum(dim=1) - is_eos) == 0  # up to and including the first EOS
+    return (values * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)

@@ -31,6 +31,7 @@ class VLLMSampler:
         self._engines: dict[str, Any] = {}
         self.tokens_generated = 0
         self.seconds = 0.0
+        self.token_entropy: list[list[float]] | None = None  # not computed by this backend
 
     def _engine(self, model_path: str) -> Any:
         if model_path not in self._engines:

@@ -39,6 +39,7 @@ SIGNALS: dict[str, str] = {
     "entropy": "entropy",  # H, bits, of the answer-cluster distribution
     "accuracy": "accuracy",  # A, share of correct responses
     "rejected": "rejected_share",  # R, share of the most frequent incorrect answer
+    "token_entropy": "token_entropy",  # mean token-level entropy of the sampled responses
 }
 
 
@@ -169,6 +170,16 @@ def _rejected(r: np.ndarray, a: float) -> np.ndarray:
         return np.ones_like(r)
     _zero_with_negative_power(r, a, "rejected", "rejected share")
     return r**a
+
+
+@register_mapping("local_uncertainty", signal="token_entropy")
+def _local_uncertainty(u: np.ndarray, a: float) -> np.ndarray:
+    """Paper baseline ("local uncertainty"): u^a normalised, u = mean token entropy of the
+    question's sampled responses under the sampling model (recorded while sampling)."""
+    if a == 0:
+        return np.ones_like(u)
+    _zero_with_negative_power(u, a, "local_uncertainty", "token entropy")
+    return u**a
 
 
 @register_mapping("exponential", signal="entropy")

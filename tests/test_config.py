@@ -62,7 +62,10 @@ def test_mapping_composes_into_the_east_node():
         (["sampling.top_p=0"], "sampling.top_p"),
         (["east.sharpness=nan"], "east.sharpness"),
         (["east.sharpness=inf"], "east.sharpness"),
-        (["east.mapping=powr"], "allowed: accuracy, exponential, power, rejected, uniform"),
+        (
+            ["east.mapping=powr"],
+            "allowed: accuracy, exponential, local_uncertainty, power, rejected, uniform",
+        ),
         (["objective.name=ppo"], "allowed: sft, dpo, kto"),
         (["grading.mode=exact"], "grading.mode"),
         (["+objective.trainer.learning_rat=1e-4"], "unknown SFTConfig key"),

@@ -129,3 +129,42 @@ def test_training_stage_under_two_accelerate_processes(first, cache, tmp_path):
     )
     assert spec["objective"] == "dpo" and spec["report_to"] == []
     assert 0 <= r["eval"]["arith"]["trained"] <= 1
+
+
+def test_rounds_local_uncertainty_and_sampled_evaluation(first, cache, tmp_path):
+    r = _run(
+        cache,
+        tmp_path,
+        "rounds=2",
+        "mapping=local_uncertainty",
+        "evaluation.samples=4",
+        "evaluation.pass_k=[1,4]",
+    )
+    assert [x["round"] for x in r["rounds"]] == [0, 1]
+    assert (
+        r["stages"]["sample"]["key"] == first["stages"]["sample"]["key"]
+    )  # round 0 reuses the sweep's samples
+    assert (
+        r["stages"]["sample_r1"]["key"] != r["stages"]["sample"]["key"]
+    )  # round 1 samples the trained model
+    e = r["eval"]["arith"]
+    assert e["trained"] == r["rounds"][-1]["eval"]["arith"]
+    for which in ("base", "trained"):
+        assert 0 <= e[f"{which}_pass@1"] <= e[f"{which}_pass@4"] <= 1
+        assert 0 <= e[f"{which}_maj@4"] <= 1
+    assert r["data"]["weight"]["mean"] == pytest.approx(1.0)
+
+
+def test_same_seed_gives_identical_numbers_from_scratch(first, tmp_path):
+    again = _run(tmp_path / "fresh_cache", tmp_path / "out")  # nothing shared with `first`
+    assert not any(s["cached"] for s in again["stages"].values())
+    assert again["eval"] == first["eval"] and again["data"] == first["data"]
+    assert {k: v["key"] for k, v in again["stages"].items()} == {
+        k: v["key"] for k, v in first["stages"].items()
+    }
+
+
+def test_seed_changes_sampling_and_training(first, cache, tmp_path):
+    other = _run(cache, tmp_path, "seed=1")
+    assert other["stages"]["base_model"]["cached"] is True  # the base model does not depend on the run seed
+    assert other["stages"]["sample"]["key"] != first["stages"]["sample"]["key"]

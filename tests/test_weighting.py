@@ -30,11 +30,11 @@ def test_entropy_mappings_average_one_and_are_non_negative(name, h, a):
     assert w.mean() == pytest.approx(1.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ["accuracy", "rejected"])
+@pytest.mark.parametrize("name", ["accuracy", "rejected", "local_uncertainty"])
 @given(s=unit_signals, a=st.floats(min_value=0.0, max_value=3.0))
 @settings(max_examples=60, deadline=None)
 def test_baseline_mappings_average_one(name, s, a):
-    s = s if name == "accuracy" else s + 0.01  # R > 0 keeps some weight non-zero
+    s = s if name == "accuracy" else s + 0.01  # R, u > 0 keep some weight non-zero
     w = MAPPINGS[name](s, a)
     assert np.all(w >= 0)
     assert w.mean() == pytest.approx(1.0, abs=1e-12)
