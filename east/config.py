@@ -43,6 +43,8 @@ class ModelConfig:
     system_prompt: str | None = None
     chat_template: str | None = None  # overrides the tokenizer's template when set
     tiny: TinyModelConfig | None = None
+    # Weights shipped as a GGUF file inside a pip package: converted once into a cached checkpoint.
+    gguf: dict[str, str] | None = None
     # Per-objective trainer settings that this model needs on top of conf/objective/*.yaml.
     trainer_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -212,7 +214,7 @@ def validate(cfg: DictConfig | dict[str, Any]) -> None:
         _fail("distributed.num_processes", c["distributed"]["num_processes"], "must be >= 1")
     if c["objective"]["sft_k"] < 1:
         _fail("objective.sft_k", c["objective"]["sft_k"], "must be >= 1")
-    if c["model"]["tiny"] is None and not c["model"]["path"]:
+    if c["model"]["tiny"] is None and not c["model"]["path"] and not c["model"]["gguf"]:
         _fail("model.path", c["model"]["path"], "a hub id or local folder is required for non-tiny models")
     _check_trainer_keys(c)
 

