@@ -399,7 +399,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger.start(
         c,
         name=run_name,
-        group=c.get("experiment_name") or os.environ.get("EAST_SWEEP_GROUP"),
+        group=c.get("experiment_name") or os.environ.get("EAST_SWEEP_GROUP") or _sweep_name(),
         directory=str(out_dir),
     )
     try:
@@ -416,6 +416,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.finish()
     _print_summary(results)
     return results
+
+
+def _sweep_name() -> str | None:
+    """The multirun's folder, so W&B groups the runs of one sweep together."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).as_posix()
 
 
 def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
