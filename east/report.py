@@ -173,15 +173,13 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
     import csv
 
     cols = table_columns(table)
+    fields = ("mean", "std", "seeds", "paper", "diff")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            ["model", "setting"]
-            + [f"{c}_{k}" for c in cols for k in ("mean", "std", "seeds", "paper", "diff")]
-        )
+        w.writerow(["model", "setting", "variant"] + [f"{c}_{k}" for c in cols for k in fields])
         for rec in table:
-            w.writerow([rec["model"], rec["row"], rec["variant"]] + ["" if rec[c][k] is None else rec[c][k] for c in cols
-                                                      for k in ("mean", "std", "seeds", "paper", "diff")])  # fmt: skip
+            values = ["" if rec[c][k] is None else rec[c][k] for c in cols for k in fields]
+            w.writerow([rec["model"], rec["row"], rec["variant"], *values])
 
 
 def main(argv: list[str] | None = None) -> None:
