@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import cmath
 import contextlib
+import hashlib
 import logging
 import re
 import signal
@@ -326,7 +327,11 @@ class _Parsed:
     number: tuple[Fraction, int] | None  # plain numbers: (value, places), see _plain_number
     expr: list | None = None  # math-verify parse; [] = not parseable
     poisoned: bool = False  # a comparison with it timed out once: string compare only
-    value: complex | None = None  # numeric value of a constant expression, if any
+    value: complex | None = None  # value of an expression at the probe point (see _probe)
+    constant: bool = False  # the expression has no free symbols: `value` is its exact value
+    kind: str = "other"  # expr, tuple, set, matrix or other (see _probe)
+    elements: tuple[complex | None, ...] = ()  # tuple / matrix entries at the probe point
+    items: int = 0  # entries of a tuple / set / matrix answer (0 for a scalar expression)
 
     def parse(self, timeout_s: float) -> list:
         if self.expr is None:
@@ -349,23 +354,51 @@ class _Parsed:
                 if self.expr and not all(_magnitude_ok(e) for e in self.expr):
                     STATS["too_large"] += 1
                     self.expr = []
-                self.value = _numeric_value(self.expr, timeout_s)
+                self._probe(timeout_s)
         return self.expr
 
+    def _probe(self, timeout_s: float) -> None:
+        """Values at a fixed point, used only to skip ``verify`` where its answer is certain:
+        expressions that differ at one point are not equal as functions, tuples or matrices
+        of other shapes or with an entry that differs are not equal, and a collection of two
+        or more items is never one number."""
+        import sympy
 
-def _numeric_value(expr: list, timeout_s: float) -> complex | None:
-    """The value of a parsed constant (no free symbols), used only to prove inequality."""
+        first = self.expr[0] if self.expr else None
+        try:
+            with _time_limit(timeout_s):
+                if isinstance(first, sympy.Tuple):
+                    self.kind, self.items = "tuple", len(first.args)
+                    self.elements = tuple(_value_at_probe(a)[0] for a in first.args)
+                elif isinstance(first, sympy.MatrixBase):
+                    self.kind, self.items = "matrix", first.rows * first.cols
+                    self.elements = (first.shape, *(_value_at_probe(a)[0] for a in first))  # type: ignore[assignment]
+                elif isinstance(first, sympy.FiniteSet):
+                    self.kind, self.items = "set", len(first.args)
+                elif isinstance(first, sympy.Expr):
+                    self.kind = "expr"
+                    self.value, self.constant = _value_at_probe(first)
+        except GradingTimeout:
+            self.kind, self.value, self.elements = "other", None, ()
+
+
+def _probe_point(name: str) -> float:
+    """A fixed, irrational-looking value per symbol name, shared by every expression."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return 1.1 + int.from_bytes(digest[:4], "little") / 2**32 * 1.7
+
+
+def _value_at_probe(e: Any) -> tuple[complex | None, bool]:
     import sympy
 
-    first = expr[0] if expr else None
-    if not isinstance(first, sympy.Expr) or first.free_symbols or not first.is_number:
-        return None
+    if not isinstance(e, sympy.Expr):
+        return None, False
+    point = {s: _probe_point(s.name) for s in e.free_symbols}
     try:
-        with _time_limit(timeout_s):
-            value = complex(first.evalf(30))
-    except (GradingTimeout, TypeError, ValueError, OverflowError, ArithmeticError):
-        return None
-    return value if cmath.isfinite(value) else None
+        value = complex((e.subs(point) if point else e).evalf(30))
+    except (TypeError, ValueError, OverflowError, ArithmeticError, AttributeError):
+        return None, not point
+    return (value if cmath.isfinite(value) else None), not point
 
 
 @lru_cache(maxsize=200_000)
@@ -389,9 +422,13 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         scale = max(1.0, abs(a.value), abs(b.value))
         gap = abs(a.value - b.value)
         if gap > 1e-6 * scale:
-            return False  # two constants that differ numerically: skip symbolic verify
-        if gap <= 1e-12 * scale:
-            return True  # equal to 12 significant digits at 30-digit precision
+            return False  # they differ at the probe point: not equal, no symbolic verify
+        if a.constant and b.constant and gap <= 1e-12 * scale:
+            return True  # two constants equal to 12 significant digits at 30-digit precision
+    if (a.items >= 2 and b.kind == "expr") or (b.items >= 2 and a.kind == "expr"):
+        return False  # a tuple / set / matrix of several items is never one number
+    if a.kind == b.kind and a.kind in ("tuple", "matrix") and _entries_differ(a.elements, b.elements):
+        return False
     STATS["verifies"] += 1
     try:
         with _time_limit(timeout_s):
@@ -400,6 +437,15 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         STATS["verify_timeouts"] += 1
         a.poisoned = b.poisoned = True  # never pay this timeout again for these strings
         return False
+
+
+def _entries_differ(a: tuple, b: tuple) -> bool:
+    if len(a) != len(b) or (a and b and not isinstance(a[0], complex | type(None)) and a[0] != b[0]):
+        return True  # other length, or (matrices) other shape
+    for x, y in zip(a, b):
+        if isinstance(x, complex) and isinstance(y, complex) and abs(x - y) > 1e-6 * max(1.0, abs(x), abs(y)):
+            return True
+    return False
 
 
 def answers_equal(a: str | None, b: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

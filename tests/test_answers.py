@@ -61,6 +61,15 @@ def test_extract_reports_source():
         (r"(3, \frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)", True),
         ("x+1", "1+x", True),
         ("x+1", "x+2", False),
+        ("x^2", "x \\cdot x", True),
+        ("2x", "x^2", False),
+        ("(1, 2)", "(1, 3)", False),
+        ("(1, 2)", "(2, 1)", False),
+        ("(1, 2)", "(1, 2, 3)", False),
+        ("\\{1, 2\\}", "\\{2, 1\\}", True),
+        ("(1, 2)", "3", False),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}", False),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", True),
         (None, "3", False),
     ],
 )
@@ -104,6 +113,18 @@ def test_huge_response_and_nested_boxes_are_bounded():
     assert time.perf_counter() - start < 5.0
     assert g.correct == [False]
     assert answer in (None, "7")
+
+
+def test_shortcuts_agree_with_math_verify():
+    """Every pair the fast paths decide gets the same answer from math-verify itself."""
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    cfg = [LatexExtractionConfig()]
+    pairs = [("17", "18"), ("x+1", "x+2"), ("2x", "x^2"), ("(1, 2)", "(1, 3)"), ("(1, 2)", "3"),
+             (r"\frac{1}{3}", "0.5"), (r"\sqrt{2}", "1.5"), ("3", "3.0"), (r"\frac{2}{4}", "0.5")]  # fmt: skip
+    for a, b in pairs:
+        pa, pb = parse(f"${a}$", extraction_config=cfg), parse(f"${b}$", extraction_config=cfg)
+        assert answers_equal(a, b) == (verify(pa, pb) or verify(pb, pa)), (a, b)
 
 
 def test_clustering_merges_equivalent_answers():

@@ -11,7 +11,7 @@ them two ways on one core:
 
 Then the project path across processes. Prints one JSON line last.
 
-    python experiments/benchmarks/grading.py [--questions 150] [--processes 2]
+    python experiments/benchmarks/grading.py [--questions 150] [--warmup-questions 400] [--processes 2]
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=150)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--warmup-questions", type=int, default=400, help="questions graded first by both paths"
+    )
     args = parser.parse_args()
     if not (DATA / "gsm8k" / "test.jsonl").exists():
         sys.exit(f"real datasets not found at {DATA}")
@@ -121,7 +124,7 @@ def main() -> None:
         # The LaTeX parser (antlr) builds its DFA cache as it meets new inputs, so the first
         # few hundred parses of a process are several times slower than the rest. Real runs
         # grade thousands of questions: warm both paths up on other questions first.
-        warm = build_sets(name, args.questions, args.n, seed=1)
+        warm = build_sets(name, args.warmup_questions, args.n, seed=1)
         naive(warm)
         project(warm, 1)
         items = build_sets(name, args.questions, args.n)
