@@ -42,7 +42,17 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
 
         assert get_mapping(cfg.east.mapping).name == option
     if group == "sampler":
+        from east.sampling import get_sampler
+
         assert cfg.sampler.name == option
+        if option == "hf":
+            assert hasattr(get_sampler("hf", batch_size=cfg.sampler.batch_size), "generate")
+        else:  # vLLM is not installed here: the error must say how to get it
+            try:
+                import vllm  # noqa: F401
+            except ImportError:
+                with pytest.raises(ImportError, match=r"east\[vllm\]"):
+                    get_sampler("vllm")
     if group == "distributed" and cfg.distributed.accelerate_config:
         assert (CONF.parent / cfg.distributed.accelerate_config).is_file()
 

@@ -71,6 +71,12 @@ def small_sweep(tmp_path_factory):
     return root / "runs"
 
 
+def test_a_sweep_writes_its_own_report(small_sweep):
+    table = (small_sweep / "table.md").read_text()
+    assert "| tiny | SFT |" in table and "(n=2)" in table
+    assert (small_sweep / "accuracy_vs_sharpness.png").stat().st_size > 1000
+
+
 def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     import nbformat
     from nbclient import NotebookClient
