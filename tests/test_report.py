@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,3 +117,26 @@ def test_report_command_line(small_sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| tiny | SFT |" in proc.stdout and "| tiny | KTO |" not in proc.stdout  # no KTO runs, no KTO row
     assert out.with_suffix(".md").read_text() == proc.stdout.rstrip("\n") + "\n"
+
+
+def test_collect_wandb_reads_the_results_each_run_stored(monkeypatch):
+    import types
+
+    import wandb
+
+    from east.report import collect_wandb
+
+    stored = _run("sft", "power", 1, 0, 0.5)
+    fake = [types.SimpleNamespace(summary={"results_json": json.dumps(stored)}, url="https://wandb/x"),
+            types.SimpleNamespace(summary={}, url="https://wandb/crashed")]  # fmt: skip
+    calls = {}
+
+    class Api:
+        def runs(self, path, filters=None):
+            calls["path"] = path
+            return fake
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    runs = collect_wandb("east", entity="me")
+    assert calls["path"] == "me/east"
+    assert len(runs) == 1 and runs[0]["eval"] == stored["eval"]
