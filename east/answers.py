@@ -329,8 +329,7 @@ class _Parsed:
     poisoned: bool = False  # a comparison with it timed out once: string compare only
     value: complex | None = None  # value of an expression at the probe point (see _probe)
     constant: bool = False  # the expression has no free symbols: `value` is its exact value
-    kind: str = "other"  # expr, tuple, set, matrix or other (see _probe)
-    elements: tuple[complex | None, ...] = ()  # tuple / matrix entries at the probe point
+    scalar: bool = False  # a sympy expression (not a tuple, set, matrix, relation, ...)
     items: int = 0  # entries of a tuple / set / matrix answer (0 for a scalar expression)
 
     def parse(self, timeout_s: float) -> list:
@@ -358,28 +357,23 @@ class _Parsed:
         return self.expr
 
     def _probe(self, timeout_s: float) -> None:
-        """Values at a fixed point, used only to skip ``verify`` where its answer is certain:
-        expressions that differ at one point are not equal as functions, tuples or matrices
-        of other shapes or with an entry that differs are not equal, and a collection of two
-        or more items is never one number."""
+        """Facts used only to skip ``verify`` where its answer is certain: expressions that
+        differ at one point are not equal as functions, and a collection of two or more items
+        is never one number."""
         import sympy
 
         first = self.expr[0] if self.expr else None
-        try:
-            with _time_limit(timeout_s):
-                if isinstance(first, sympy.Tuple):
-                    self.kind, self.items = "tuple", len(first.args)
-                    self.elements = tuple(_value_at_probe(a)[0] for a in first.args)
-                elif isinstance(first, sympy.MatrixBase):
-                    self.kind, self.items = "matrix", first.rows * first.cols
-                    self.elements = (first.shape, *(_value_at_probe(a)[0] for a in first))  # type: ignore[assignment]
-                elif isinstance(first, sympy.FiniteSet):
-                    self.kind, self.items = "set", len(first.args)
-                elif isinstance(first, sympy.Expr):
-                    self.kind = "expr"
+        if isinstance(first, sympy.Tuple | sympy.FiniteSet):
+            self.items = len(first.args)
+        elif isinstance(first, sympy.MatrixBase):
+            self.items = first.rows * first.cols
+        elif isinstance(first, sympy.Expr):
+            self.scalar = True
+            try:
+                with _time_limit(timeout_s):
                     self.value, self.constant = _value_at_probe(first)
-        except GradingTimeout:
-            self.kind, self.value, self.elements = "other", None, ()
+            except GradingTimeout:
+                self.value = None
 
 
 def _probe_point(name: str) -> float:
@@ -389,10 +383,7 @@ def _probe_point(name: str) -> float:
 
 
 def _value_at_probe(e: Any) -> tuple[complex | None, bool]:
-    import sympy
-
-    if not isinstance(e, sympy.Expr):
-        return None, False
+    """(value at the probe point, whether ``e`` is a constant) of a sympy expression."""
     point = {s: _probe_point(s.name) for s in e.free_symbols}
     try:
         value = complex((e.subs(point) if point else e).evalf(30))
@@ -425,10 +416,8 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
             return False  # they differ at the probe point: not equal, no symbolic verify
         if a.constant and b.constant and gap <= 1e-12 * scale:
             return True  # two constants equal to 12 significant digits at 30-digit precision
-    if (a.items >= 2 and b.kind == "expr") or (b.items >= 2 and a.kind == "expr"):
+    if (a.items >= 2 and b.scalar) or (b.items >= 2 and a.scalar):
         return False  # a tuple / set / matrix of several items is never one number
-    if a.kind == b.kind and a.kind in ("tuple", "matrix") and _entries_differ(a.elements, b.elements):
-        return False
     STATS["verifies"] += 1
     try:
         with _time_limit(timeout_s):
@@ -437,15 +426,6 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         STATS["verify_timeouts"] += 1
         a.poisoned = b.poisoned = True  # never pay this timeout again for these strings
         return False
-
-
-def _entries_differ(a: tuple, b: tuple) -> bool:
-    if len(a) != len(b) or (a and b and not isinstance(a[0], complex | type(None)) and a[0] != b[0]):
-        return True  # other length, or (matrices) other shape
-    for x, y in zip(a, b):
-        if isinstance(x, complex) and isinstance(y, complex) and abs(x - y) > 1e-6 * max(1.0, abs(x), abs(y)):
-            return True
-    return False
 
 
 def answers_equal(a: str | None, b: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

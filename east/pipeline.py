@@ -260,12 +260,15 @@ def _round_label(stage: str, round_: int) -> str:
 
 
 def _signals(kept: list[Any], rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per kept question, every statistic a mapping may read (east.weighting.SIGNALS)."""
+    """Per kept question, every statistic a mapping may read (east.weighting.SIGNALS): the
+    grade's fields, and the sampler's token entropies where it recorded them."""
+    from east.weighting import SIGNALS
+
     token = {r["id"]: r.get("token_entropy") for r in rows}
     signals: dict[str, list[float]] = {
-        "entropy": [q.grade.entropy for q in kept],
-        "accuracy": [q.grade.accuracy for q in kept],
-        "rejected": [q.grade.rejected_share for q in kept],
+        signal: [getattr(q.grade, field) for q in kept]
+        for signal, field in SIGNALS.items()
+        if hasattr(kept[0].grade, field)
     }
     if all(token.get(q.question_id) for q in kept):
         signals["token_entropy"] = [float(np.mean(token[q.question_id])) for q in kept]
@@ -323,13 +326,20 @@ def train_from_spec(spec: dict[str, Any]) -> None:
     args = _trainer_args(config_cls, out, spec["settings"], spec["seed"], spec["report_to"])
     tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
     model = load_model(spec["base_path"], spec["dtype"])
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    _fit_and_save(
+        trainer_cls(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        ),
+        out,
     )
+
+
+def _fit_and_save(trainer: Any, out: Path) -> None:
+    """Train, then save the model, its tokenizer and the log history under ``out``."""
     trainer.train()
     trainer.save_model(str(out / "model"))
     if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(str(out / "model"))
+        trainer.processing_class.save_pretrained(str(out / "model"))
         write_json(out / "log_history.json", trainer.state.log_history)
 
 
@@ -374,13 +384,12 @@ def _warm_up_tiny(d: Path, m: dict[str, Any], warmup: list[Problem], system: str
         bf16=False, use_cpu=True, report_to=[], save_strategy="no", logging_steps=50, seed=t["seed"],
         disable_tqdm=True,
     )  # fmt: skip
-    trainer = WeightedSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    _fit_and_save(
+        WeightedSFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        ),
+        d,
     )
-    trainer.train()
-    trainer.save_model(str(d / "model"))
-    tokenizer.save_pretrained(str(d / "model"))
-    write_json(d / "log_history.json", trainer.state.log_history)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -137,6 +137,10 @@ class _WeightedMixin:
             self._east_weights.append(self.accelerator.gather_for_metrics(w.detach()))
         return w
 
+    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> Any:
+        # DPO/KTO precompute reference log-probs through the (wrapped) collator: not a model input.
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != WEIGHT})
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._east_weights and self.model.training:
             w = torch.cat(self._east_weights).float()
@@ -165,7 +169,7 @@ def _sft_unsupported(args: SFTConfig | None) -> str | None:
         )
     if args.loss_type != "nll" or args.label_smoothing_factor:
         return f"per-example weighting needs loss_type='nll' without label smoothing (got {args.loss_type!r})"
-    if not args.completion_only_loss and args.completion_only_loss is not None:
+    if args.completion_only_loss is False:
         return "per-example weighting is defined on completion tokens; keep completion_only_loss"
     return None
 
@@ -250,10 +254,6 @@ class WeightedDPOTrainer(_WeightedMixin, DPOTrainer):
         wrapped = _grad_weighted_model(model, w, repeat=2)  # rows are [chosen; rejected]
         return super().compute_loss(wrapped, inputs, return_outputs, num_items_in_batch)
 
-    def compute_ref_log_probs(self, model, inputs):
-        inputs = {k: v for k, v in inputs.items() if k != WEIGHT}
-        return super().compute_ref_log_probs(model, inputs)
-
 
 def _kto_unsupported(args: KTOConfig | None) -> str | None:
     if args is None:
@@ -273,10 +273,6 @@ class WeightedKTOTrainer(_WeightedMixin, KTOTrainer):
         w = self._pop_weights(inputs)
         wrapped = _grad_weighted_model(model, w, repeat=1)
         return super().compute_loss(wrapped, inputs, return_outputs, num_items_in_batch)
-
-    def compute_ref_log_probs(self, model, inputs):
-        inputs = {k: v for k, v in inputs.items() if k != WEIGHT}
-        return super().compute_ref_log_probs(model, inputs)
 
 
 TRAINERS: dict[str, tuple[type, type]] = {

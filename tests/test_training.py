@@ -138,14 +138,15 @@ def test_sft_weights_one_is_the_per_example_mean_nll(tiny_dir):
         nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
         expected = (nll.sum(1) / mask.sum(1)).mean().item()
     assert loss == pytest.approx(expected, rel=1e-5)
-    # The completion includes the final end-of-turn token, and no prompt token is trained on.
+    # Exactly the completion is trained on: its text and the final end-of-turn token, no prompt.
     tok = trainer.processing_class
+    expected_texts = sorted(r["completion"][0]["content"] for r in rows)
+    trained_texts = []
     for row_labels in batch["labels"]:
         trained = [t for t in row_labels.tolist() if t != -100]
-        assert trained[-2:] == tok.encode("<|im_end|>\n") or trained[-1] == tok.convert_tokens_to_ids(
-            "<|im_end|>"
-        )
-        assert tok.convert_tokens_to_ids("<|im_start|>") not in trained[:1]
+        assert tok.convert_tokens_to_ids("<|im_end|>") in trained[-2:]
+        trained_texts.append(tok.decode(trained, skip_special_tokens=True).strip())
+    assert sorted(trained_texts) == expected_texts
 
 
 def _one_step_params(objective, tiny_dir, batch, accumulation):
@@ -236,3 +237,13 @@ def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
     for objective in ("sft", "dpo"):
         assert results[2][objective]["world_size"] == 2
         assert results[2][objective]["loss"] == pytest.approx(results[1][objective]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_precomputed_reference_log_probs_keep_the_weights(objective, tiny_dir):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:4], WEIGHTS)]
+    _, live = _grad(_trainer(objective, tiny_dir, rows, per_device_train_batch_size=4), 4)
+    _, pre = _grad(
+        _trainer(objective, tiny_dir, rows, per_device_train_batch_size=4, precompute_ref_log_probs=True), 4
+    )
+    assert _rel(pre, live) <= 1e-5
