@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import math_verify
@@ -35,6 +36,7 @@ from math_verify import verify as _mv_verify
 from east.weighting import entropy
 
 __all__ = [
+    "FALLBACKS",
     "ClusterMode",
     "QuestionGrade",
     "answers_equal",
@@ -116,12 +118,25 @@ def _boxed_contents(text: str) -> Iterator[str]:
         i = k + 1
 
 
-def extract_answer_with_source(text: str | None) -> tuple[str | None, str | None]:
+Fallback = Literal["none", "last_number"]
+#: What to take from a response that states no final answer (no box, no "####", no "the
+#: answer is"): ``none`` counts it as unanswered; ``last_number`` takes the last number in
+#: the text, as the Qwen2.5-Math evaluation toolkit (the paper's evaluator) does.
+FALLBACKS: tuple[str, ...] = ("none", "last_number")
+_NUMBER_RE = re.compile(r"-?\d*\.?\d+")
+_DIGIT_COMMA_RE = re.compile(r"(?<=\d),(?=\d)")
+
+
+def extract_answer_with_source(
+    text: str | None, fallback: Fallback = "none"
+) -> tuple[str | None, str | None]:
     """Like :func:`extract_answer`, also saying where the answer came from.
 
     The source is ``"boxed"``, ``"gsm8k"`` (a ``#### N`` line), ``"phrase"`` ("the answer
-    is X") or ``None`` when nothing was found.
+    is X"), ``"last_number"`` (the fallback) or ``None`` when nothing was found.
     """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown extraction fallback {fallback!r}; allowed: {', '.join(FALLBACKS)}")
     if not text:
         return None, None
     boxed = None
@@ -145,17 +160,22 @@ def extract_answer_with_source(text: str | None) -> tuple[str | None, str | None
     if matches:
         answer = matches[-1].strip().strip("$").strip()
         return (answer or None), ("phrase" if answer else None)
+    if fallback == "last_number":
+        numbers = _NUMBER_RE.findall(_DIGIT_COMMA_RE.sub("", text[-2000:]))
+        if numbers:
+            return numbers[-1], "last_number"
     return None, None
 
 
-def extract_answer(text: str | None) -> str | None:
+def extract_answer(text: str | None, fallback: Fallback = "none") -> str | None:
     """The final answer of a response or solution, or ``None``.
 
     In order: the content of the last brace-matched ``\\boxed{}`` (or ``\\fbox{}``),
     else the text after the last ``####`` (GSM8K, commas removed), else a
-    "the answer is X" / "final answer is X" phrase.
+    "the answer is X" / "final answer is X" phrase, else (``fallback="last_number"``) the
+    last number in the text.
     """
-    return extract_answer_with_source(text)[0]
+    return extract_answer_with_source(text, fallback)[0]
 
 
 def gold_from_gsm8k(solution: str) -> str:
@@ -178,8 +198,11 @@ def gold_from_math(solution: str) -> str:
 
 # --------------------------------------------------------------------------- normalisation
 
-_STRIP_TOKENS = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "$")
-_THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
+# Order matters: "\\$" and "\\%" go before the bare "$" (what models write: \\$18, 25\\%).
+# math-verify reads "25\\%" as 25 and "\\$6" as 6; a bare "%" it reads as a percentage
+# (18% equals both 18 and 0.18 there), so that one is left for it to decide.
+_STRIP_TOKENS = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "\\$", "\\%", "$")
+_THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\})(?=\d{3}(?:\D|$))")
 _PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -187,7 +210,7 @@ def normalize_answer(answer: str) -> str:
     """Light, purely textual normalisation used for string clustering and cache keys.
 
     Removes spacing commands, ``\\left``/``\\right``, dollar signs, thousands separators,
-    a trailing period and all whitespace; ``\\dfrac``/``\\tfrac`` become ``\\frac``.
+    a trailing period and whitespace (keeping one space where a command meets a letter); ``\\dfrac``/``\\tfrac`` become ``\\frac``.
     Units and ``\\text{}`` stay: math-verify's own normalisation handles them. Nothing is
     evaluated.
     """
@@ -196,9 +219,23 @@ def normalize_answer(answer: str) -> str:
         s = s.replace(tok, "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _THOUSANDS_RE.sub("", s)
-    s = "".join(s.split())
+    s = _SPACE_RE.sub(_space, s).strip()
     s = s.rstrip(".")
+    if s.endswith("%") and not _PLAIN_NUMBER_RE.fullmatch(s[:-1]):
+        s = s[:-1]  # a unit mark after an expression, as "\\%" is (see _percent_equal)
     return s
+
+
+# Whitespace goes, except one space between a command and a letter ("\\sin x" is not "\\sinx")
+# and after a comma before a digit ("81, 256" is a list; "81,256" would read as 81256).
+_SPACE_RE = re.compile(r"(\\[A-Za-z]+|,)?\s+(?=([A-Za-z0-9])?)")
+
+
+def _space(m: re.Match[str]) -> str:
+    before, after = m.group(1), m.group(2)
+    if before == ",":
+        return ", " if after and after.isdigit() else ","
+    return f"{before} " if before and after and after.isalpha() else (before or "")
 
 
 _FRACTION_RE = re.compile(r"([+-]?)(?:\\frac\{([+-]?\d+)\}\{(\d+)\}|(\d+)/(\d+))")
@@ -245,6 +282,49 @@ def _numbers_equal(a: tuple[Fraction, int], b: tuple[Fraction, int]) -> bool | N
     return None
 
 
+def _percent_number(norm: str) -> tuple[Fraction, bool] | None:
+    """``(N, N is written as a decimal)`` for a bare percentage ``N%`` of a plain number."""
+    if not norm.endswith("%") or not _PLAIN_NUMBER_RE.fullmatch(norm[:-1]) or len(norm) > 60:
+        return None
+    try:
+        return Fraction(Decimal(norm[:-1])), "." in norm
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _percent_equal(a: str, b: str) -> bool:
+    """math-verify's reading of a bare ``N%``, without its ``eval``-based expression parser.
+
+    It parses ``N%`` as N * (1/100) and then compares: two whole percentages by N, a whole
+    percentage with an integer by N or by N/100 (``18%`` = 18, ``100%`` = 1), and otherwise
+    N/100 with the other number, to 6 decimal places where either side is written as a
+    decimal (``18%`` = 0.18).
+    A percentage never equals a non-number here (math-verify would try sympy; we do not).
+    """
+    pa, pb = _percent_number(a), _percent_number(b)
+    if pa is None and pb is None:
+        return False  # a "%" after something that is not a plain number
+    if pa is None:
+        a, b, pa, pb = b, a, pb, pa
+    assert pa is not None
+    n, n_decimal = pa
+    if pb is not None:
+        m, m_decimal = pb
+        if not (n_decimal or m_decimal):
+            return n == m
+        return round(n / 100, 6) == round(m / 100, 6)
+    other = _plain_number(b)
+    if other is None:
+        return False
+    value = other[0]
+    b_decimal = "." in b
+    if n_decimal or b_decimal:
+        return round(n / 100, 6) == round(value, 6)
+    if n.denominator == 1 and value.denominator == 1 and n == value:
+        return True
+    return n / 100 == value
+
+
 # --------------------------------------------------------------------------- time bound
 
 
@@ -289,8 +369,10 @@ def _log10_bound(expr: Any) -> float:
     import sympy
 
     if isinstance(expr, sympy.Integer | sympy.Rational):
+        # 2**bits > |p|: a bound within a factor 2 (digit counts are 10x loose, which
+        # refused 3^{2007} once it sat inside an equation).
         p, q = int(expr.p), int(expr.q)
-        return max(len(str(abs(p))), len(str(q)))
+        return max(abs(p).bit_length(), q.bit_length()) * math.log10(2)
     if isinstance(expr, sympy.Float):
         return max(0.0, math.log10(abs(float(expr)) + 1.0))
     if isinstance(expr, sympy.Pow):
@@ -319,6 +401,15 @@ def _magnitude_ok(expr: Any) -> bool:
         return False
 
 
+def _closed_statement(expr: Any) -> bool:
+    """An equation or inequality between constants, such as ``0.56 = 56`` once a trailing
+    ``\\%`` is read as a unit. math-verify would compare such answers by truth value (any two
+    false statements are then "equal"), so they are compared by its matched strings instead."""
+    import sympy
+
+    return isinstance(expr, sympy.logic.boolalg.Boolean) and not getattr(expr, "free_symbols", True)
+
+
 @dataclass
 class _Parsed:
     """A normalised answer string and, lazily, its math-verify parse."""
@@ -336,24 +427,43 @@ class _Parsed:
         if self.expr is None:
             self.expr = []
             if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
+                if _STORE is not None and _STORE.restore(self):
+                    return self.expr
                 STATS["parses"] += 1
+                timeouts = STATS["parse_timeouts"]
                 try:
                     with _time_limit(timeout_s):
-                        self.expr = (
-                            _mv_parse(
-                                "\\boxed{" + self.norm + "}",
+                        # As inline math first (math-verify reads "18%" and units there), then
+                        # boxed (it reads "\\frac{24}{5}." there): the answer is whichever parses.
+                        # math-verify's parse is [expression, matched string]; verify compares
+                        # both, so both are kept (the string equates "05:00" with "05:00 cm").
+                        # Where neither wrapping yields an expression, math-verify compares the
+                        # matched strings ("\\sin^2 t" and "\\sin^2 t cm" both match "\\sin^2").
+                        strings: list = []
+                        for wrapped in ("$" + self.norm + "$", "\\boxed{" + self.norm + "}"):
+                            parsed = _mv_parse(
+                                wrapped,
                                 extraction_config=_LATEX_ONLY,
                                 parsing_timeout=None,
-                                fallback_mode="no_fallback",
+                                fallback_mode="first_match",
                             )
-                            or []
-                        )
+                            if any(not isinstance(e, str) for e in parsed):
+                                self.expr = list(parsed)
+                                break
+                            strings = strings or list(parsed)
+                        else:
+                            self.expr = strings
                 except GradingTimeout:
                     STATS["parse_timeouts"] += 1
                 if self.expr and not all(_magnitude_ok(e) for e in self.expr):
                     STATS["too_large"] += 1
                     self.expr = []
+                if self.expr and _closed_statement(self.expr[0]):
+                    # "0.56 = 56\\%": compared by math-verify's matched string, not truth value.
+                    self.expr = [e for e in self.expr if isinstance(e, str)]
                 self._probe(timeout_s)
+                if _STORE is not None and STATS["parse_timeouts"] == timeouts:
+                    _STORE.add(self)  # a timed-out parse depends on the bound: not stored
         return self.expr
 
     def _probe(self, timeout_s: float) -> None:
@@ -367,13 +477,26 @@ class _Parsed:
             self.items = len(first.args)
         elif isinstance(first, sympy.MatrixBase):
             self.items = first.rows * first.cols
+        elif isinstance(first, sympy.Expr) and first.has(_PERCENT):
+            # math-verify's percentages equal both X and X/100: only its verify decides them.
+            self.scalar = True
         elif isinstance(first, sympy.Expr):
             self.scalar = True
             try:
                 with _time_limit(timeout_s):
                     self.value, self.constant = _value_at_probe(first)
             except GradingTimeout:
+                STATS["parse_timeouts"] += 1
                 self.value = None
+
+
+def _percent() -> Any:
+    import sympy
+
+    return sympy.UnevaluatedExpr(sympy.Rational(1, 100))  # latex2sympy's "X%" = X * this
+
+
+_PERCENT = _percent()
 
 
 def _probe_point(name: str) -> float:
@@ -392,6 +515,91 @@ def _value_at_probe(e: Any) -> tuple[complex | None, bool]:
     return (value if cmath.isfinite(value) else None), not point
 
 
+class ParseStore:
+    """Parsed answers on disk, shared by every grading call that names the same file.
+
+    A sweep grades the same gold answers, and largely the same model answers, in every
+    cell's evaluation and in every round; parsing (math-verify's antlr LaTeX front end) is
+    the cost. The store keeps each normalised string's parse and probe facts in SQLite
+    (concurrent readers and writers from several processes are safe). The file name carries
+    the versions of this module's parser setup and of math-verify, so a change in either
+    starts a new file. Timed-out parses are never stored. Entries are pickled sympy
+    objects: keep the file where you keep your checkpoints.
+    """
+
+    VERSION = 1
+    _FIELDS = ("expr", "value", "constant", "scalar", "items")
+
+    def __init__(self, path: str | Path):
+        import sqlite3
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS parses (norm TEXT PRIMARY KEY, facts BLOB)")
+        self._pending: dict[str, bytes] = {}
+        self.hits = 0
+
+    @classmethod
+    def in_dir(cls, directory: str | Path) -> ParseStore:
+        version = getattr(math_verify, "__version__", "unknown")
+        return cls(Path(directory) / f"parses-v{cls.VERSION}-math-verify-{version}.sqlite")
+
+    def restore(self, parsed: _Parsed) -> bool:
+        import pickle
+
+        row = self._db.execute("SELECT facts FROM parses WHERE norm = ?", (parsed.norm,)).fetchone()
+        if row is None:
+            return False
+        try:
+            facts = pickle.loads(row[0])
+        except Exception:  # an entry written by another sympy version: parse again
+            return False
+        for name, value in zip(self._FIELDS, facts, strict=True):
+            setattr(parsed, name, value)
+        self.hits += 1
+        return True
+
+    def add(self, parsed: _Parsed) -> None:
+        import pickle
+
+        # An object sympy cannot pickle is simply parsed again next time.
+        with contextlib.suppress(Exception):
+            self._pending[parsed.norm] = pickle.dumps(tuple(getattr(parsed, f) for f in self._FIELDS))
+
+    def flush(self) -> None:
+        if self._pending:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO parses (norm, facts) VALUES (?, ?)", list(self._pending.items())
+                )
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+
+_STORE: ParseStore | None = None
+
+
+@contextlib.contextmanager
+def parse_store(directory: str | Path | None) -> Iterator[ParseStore | None]:
+    """Use (and fill) the on-disk parse store in ``directory`` for the calls inside;
+    ``None`` uses none. Parses already held in this process's memory stay valid."""
+    global _STORE
+    if directory is None:
+        yield None
+        return
+    previous, _STORE = _STORE, ParseStore.in_dir(directory)
+    try:
+        yield _STORE
+    finally:
+        store, _STORE = _STORE, previous
+        store.close()
+
+
 @lru_cache(maxsize=200_000)
 def _parsed(norm: str) -> _Parsed:
     return _Parsed(norm, _plain_number(norm))
@@ -400,6 +608,8 @@ def _parsed(norm: str) -> _Parsed:
 def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
     if a.norm == b.norm:
         return True
+    if a.norm.endswith("%") or b.norm.endswith("%"):
+        return _percent_equal(a.norm, b.norm)
     if a.number is not None and b.number is not None:
         decided = _numbers_equal(a.number, b.number)
         if decided is not None:
@@ -521,15 +731,20 @@ def grade_question(
     *,
     mode: ClusterMode = "equivalence",
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    fallback: Fallback = "none",
 ) -> QuestionGrade:
-    """Extract, cluster and grade the n responses of one question against its gold answer."""
+    """Extract, cluster and grade the n responses of one question against its gold answer.
+
+    ``fallback`` is the extraction policy for responses that state no final answer (see
+    :data:`FALLBACKS`); an answer found by it is not ``boxed``.
+    """
     if isinstance(responses, str):
         raise TypeError("responses must be a sequence of strings, not one string")
     if len(responses) == 0:
         raise ValueError("grade_question needs at least one response (got an empty list)")
     if gold is None or not str(gold).strip():
         raise ValueError("grade_question needs a non-empty gold answer")
-    extracted = [extract_answer_with_source(r) for r in responses]
+    extracted = [extract_answer_with_source(r, fallback) for r in responses]
     answers = [a for a, _ in extracted]
     boxed = [src == "boxed" for _, src in extracted]
     ids = cluster_answers(answers, mode, timeout_s=timeout_s)
@@ -568,9 +783,15 @@ def grade_question(
     )
 
 
-def _grade_chunk(args: tuple[list[tuple[Sequence[str], str]], str, float]) -> list[QuestionGrade]:
-    items, mode, timeout_s = args
-    return [grade_question(r, g, mode=mode, timeout_s=timeout_s) for r, g in items]  # type: ignore[arg-type]
+def _grade_chunk(
+    args: tuple[list[tuple[Sequence[str], str]], str, float, str, str | None],
+) -> list[QuestionGrade]:
+    items, mode, timeout_s, fallback, store = args
+    with parse_store(store) if store is not None and _STORE is None else contextlib.nullcontext():
+        return [
+            grade_question(r, g, mode=mode, timeout_s=timeout_s, fallback=fallback)  # type: ignore[arg-type]
+            for r, g in items
+        ]
 
 
 def grade_questions(
@@ -580,20 +801,27 @@ def grade_questions(
     processes: int = 1,
     chunk_size: int = 64,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    fallback: Fallback = "none",
+    store: str | Path | None = None,
 ) -> list[QuestionGrade]:
     """Grade many ``(responses, gold)`` pairs, in order, optionally across processes.
 
     Worker processes run grading in their main thread, where the time bound works; each
-    keeps its own parse cache, so questions are sent in contiguous chunks.
+    keeps its own parse cache, so questions are sent in contiguous chunks. ``store``: a
+    folder for the on-disk :class:`ParseStore` shared across calls (a sweep's cache dir).
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
     items = list(items)
+    store = None if store is None else str(store)
     if processes == 1 or len(items) <= chunk_size:
-        return _grade_chunk((items, mode, timeout_s))
+        return _grade_chunk((items, mode, timeout_s, fallback, store))
     import multiprocessing as mp
 
-    chunks = [(items[i : i + chunk_size], mode, timeout_s) for i in range(0, len(items), chunk_size)]
+    chunks = [
+        (items[i : i + chunk_size], mode, timeout_s, fallback, store)
+        for i in range(0, len(items), chunk_size)
+    ]
     # forkserver/spawn: safe even when the parent holds threads (torch, tokenizers).
     ctx = mp.get_context("forkserver")
     with ctx.Pool(processes) as pool:

@@ -228,3 +228,44 @@ def test_math500_solution_matches_answer_field(shared_data):
     assert len(rows) == 500
     agree = sum(answers_equal(extract_answer(r["solution"]), r["answer"]) for r in rows)
     assert agree >= 499, f"only {agree}/500 MATH500 solutions agree with their answer field"
+
+
+@pytest.mark.parametrize(
+    ("text", "fallback", "expected", "source"),
+    [
+        ("She has 3 apples and buys 1,200 more, so 1,203 in all.", "last_number", "1203", "last_number"),
+        ("She has 3 apples and buys 1,200 more, so 1,203 in all.", "none", None, None),
+        ("The temperature drops to -4.5 degrees", "last_number", "-4.5", "last_number"),
+        (r"so \boxed{7} although 9 was close", "last_number", "7", "boxed"),
+        ("The answer is 12.", "last_number", "12", "phrase"),
+        ("no digits at all", "last_number", None, None),
+    ],
+)
+def test_fallback_takes_the_last_number_as_the_qwen_toolkit_does(text, fallback, expected, source):
+    assert extract_answer_with_source(text, fallback) == (expected, source)
+
+
+def test_fallback_answers_count_as_correct_but_not_boxed():
+    g = grade_question(["so it is 18 dollars", r"\boxed{18}", "I give up"], "18", fallback="last_number")
+    assert g.correct == [True, True, False]
+    assert g.boxed == [False, True, False]
+    strict = grade_question(["so it is 18 dollars", r"\boxed{18}"], "18", fallback="none")
+    assert strict.correct == [False, True]
+    with pytest.raises(ValueError, match="allowed: none, last_number"):
+        extract_answer("x", fallback="first_number")
+
+
+def test_parse_store_serves_a_later_grading_from_disk(tmp_path):
+    from east import answers as A
+
+    items = [([r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{x^2+1}", r"\boxed{(1,2)}"], r"\dfrac{\sqrt3}{2}")] * 2
+    A._parsed.cache_clear()
+    first = grade_questions(items, store=tmp_path)
+    assert list(tmp_path.glob("parses-*.sqlite"))
+    A._parsed.cache_clear()
+    parses = A.STATS["parses"]
+    with A.parse_store(tmp_path) as store:
+        again = grade_questions(items)
+        assert store.hits >= 3
+    assert A.STATS["parses"] == parses  # nothing was parsed again
+    assert [g.to_dict() for g in again] == [g.to_dict() for g in first]
