@@ -8,6 +8,7 @@ artifact that a later run would read; rerunning the same command skips every fin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,20 @@ class StageCache:
             log.info("stage %s: cached (%s)", stage, key)
             return StageResult(stage, key, final, True, time.perf_counter() - start)
         final.parent.mkdir(parents=True, exist_ok=True)
+        # One builder per key: cells of a sweep (a SLURM array on a shared cache) that need
+        # the same artifact wait for whichever started first, then read what it wrote.
+        locks = self.root / ".locks"  # kept: unlinking a lock file others may hold races
+        locks.mkdir(exist_ok=True)
+        with _key_lock(locks / f"{stage}-{key}.lock", stage, key):
+            if final.is_dir():
+                log.info("stage %s: built by another process meanwhile (%s)", stage, key)
+                return StageResult(stage, key, final, True, time.perf_counter() - start)
+            return self._build(stage, config, inputs, key, final, build, start)
+
+    def _build(
+        self, stage: str, config: Any, inputs: list[str], key: str, final: Path, build: Callable[[Path], None],
+        start: float,
+    ) -> StageResult:  # fmt: skip
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -85,6 +100,24 @@ class StageCache:
         seconds = time.perf_counter() - start
         log.info("stage %s: built in %.1fs (%s)", stage, seconds, key)
         return StageResult(stage, key, final, False, seconds)
+
+
+@contextlib.contextmanager
+def _key_lock(path: Path, stage: str, key: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (local filesystems and NFSv4 / Lustre with locking):
+    held by the process building the artifact, released when it finishes or dies."""
+    import fcntl
+
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("stage %s: another process is building %s; waiting for it", stage, key)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: Path, obj: Any) -> None:

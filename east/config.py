@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -41,7 +42,9 @@ class ModelConfig:
     path: str | None = None  # hub id or local folder; None for the embedded tiny model
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     system_prompt: str | None = None
-    chat_template: str | None = None  # overrides the tokenizer's template when set
+    # A name in east.prompts.CHAT_TEMPLATES (llama3_paper, chatml), literal Jinja text, or
+    # None for the tokenizer's own template (which may stamp today's date into prompts).
+    chat_template: str | None = None
     tiny: TinyModelConfig | None = None
     # Weights shipped as a GGUF file inside a pip package: converted once into a cached checkpoint.
     gguf: dict[str, str] | None = None
@@ -84,6 +87,8 @@ class DatasetConfig:
 class ObjectiveConfig:
     name: str = MISSING
     sft_k: int = 1  # SFT: correct responses per question
+    # Examples per optimiser step across all processes; accumulation is derived from it.
+    global_batch_size: int = 16
     # Passed to TRL's SFTConfig / DPOConfig / KTOConfig (keys are checked against it).
     trainer: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +105,7 @@ class SamplerConfig:
     batch_size: int = 64  # rows (prompt x sample) per generate call
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    entropy_top_k: int = 20  # vllm: log-probs per token for token entropies (0: none)
 
 
 @dataclass
@@ -124,6 +130,9 @@ class GradingConfig:
     mode: str = "equivalence"  # or "string": the reference's exact-string clusters
     processes: int = 1
     timeout_s: float = 1.0
+    # Responses that state no final answer: "none" (unanswered) or "last_number" (the
+    # Qwen2.5-Math toolkit's rule, which the paper's evaluation used).
+    fallback: str = "last_number"
 
 
 @dataclass
@@ -144,6 +153,8 @@ class DistributedConfig:
 class PathsConfig:
     cache_dir: str = MISSING
     output_dir: str = MISSING
+    # A folder holding gsm8k/ and math/ ({split}.jsonl): datasets load from it instead of the hub.
+    data_dir: str | None = None
 
 
 @dataclass
@@ -166,8 +177,17 @@ class Config:
     paper_reference: dict[str, Any] | None = None  # experiment configs: the numbers they reproduce
 
 
+def _local_data(data_dir: str | None, name: str) -> str | None:
+    """``${east_data:${paths.data_dir},gsm8k}``: the dataset's folder under paths.data_dir, or
+    None (load from the hub) when no data_dir is set."""
+    if data_dir in (None, "", "None", "null"):
+        return None
+    return str(Path(data_dir).expanduser() / name)
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="east_schema", node=Config)
+    OmegaConf.register_new_resolver("east_data", _local_data, replace=True)
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -176,6 +196,7 @@ def _fail(key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: DictConfig | dict[str, Any]) -> None:
     """Value checks that a type cannot express. Raises ValueError naming the key."""
+    from east.answers import FALLBACKS
     from east.weighting import MAPPINGS
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -201,6 +222,8 @@ def validate(cfg: DictConfig | dict[str, Any]) -> None:
         _fail("sampler.name", c["sampler"]["name"], f"allowed: {', '.join(SAMPLER_NAMES)}")
     if c["grading"]["mode"] not in GRADING_MODES:
         _fail("grading.mode", c["grading"]["mode"], f"allowed: {', '.join(GRADING_MODES)}")
+    if c["grading"]["fallback"] not in FALLBACKS:
+        _fail("grading.fallback", c["grading"]["fallback"], f"allowed: {', '.join(FALLBACKS)}")
     if c["grading"]["processes"] < 1:
         _fail("grading.processes", c["grading"]["processes"], "must be >= 1")
     if c["rounds"] < 1:
@@ -216,7 +239,52 @@ def validate(cfg: DictConfig | dict[str, Any]) -> None:
         _fail("objective.sft_k", c["objective"]["sft_k"], "must be >= 1")
     if c["model"]["tiny"] is None and not c["model"]["path"] and not c["model"]["gguf"]:
         _fail("model.path", c["model"]["path"], "a hub id or local folder is required for non-tiny models")
+    from east.prompts import resolve_chat_template
+
+    resolve_chat_template(c["model"]["chat_template"])
     _check_trainer_keys(c)
+    batch_layout(c)
+
+
+def batch_layout(c: dict[str, Any]) -> dict[str, int]:
+    """How the objective's global batch is laid out over processes and accumulation steps.
+
+    gradient_accumulation_steps = global_batch_size / (per_device_train_batch_size x
+    processes); raises ValueError naming the keys when it does not divide.
+    """
+    from east.training import TRAINERS
+
+    name = c["objective"]["name"]
+    settings = trainer_settings(c)
+    if "gradient_accumulation_steps" in settings:
+        raise ValueError(
+            "invalid config: gradient_accumulation_steps is derived from objective.global_batch_size "
+            "(global / (per-device batch x processes)); set objective.global_batch_size instead"
+        )
+    per_device = settings.get("per_device_train_batch_size")
+    if per_device is None:
+        per_device = TRAINERS[name][1].__dataclass_fields__["per_device_train_batch_size"].default
+    processes = c["distributed"]["num_processes"]
+    total = c["objective"]["global_batch_size"]
+    if total < 1 or per_device < 1 or total % (per_device * processes):
+        raise ValueError(
+            f"invalid config objective.global_batch_size={total}: it must be a multiple of "
+            f"per_device_train_batch_size ({per_device}) x distributed.num_processes ({processes})"
+        )
+    if name == "kto" and settings.get("loss_type", "kto") == "kto" and per_device < 2:
+        raise ValueError(
+            f"invalid config: KTO's loss_type 'kto' estimates its KL term within a batch, so "
+            f"per_device_train_batch_size must be >= 2 (got {per_device})"
+        )
+    return {"global_batch_size": total, "per_device_train_batch_size": per_device, "processes": processes,
+            "gradient_accumulation_steps": total // (per_device * processes)}  # fmt: skip
+
+
+def trainer_settings(c: dict[str, Any]) -> dict[str, Any]:
+    """The TRL settings of the run's objective: the objective's, then the model's overrides
+    for that objective on top (the command line overrides either)."""
+    name = c["objective"]["name"]
+    return {**c["objective"]["trainer"], **((c["model"]["trainer_overrides"] or {}).get(name) or {})}
 
 
 def _check_trainer_keys(c: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from east.prompts import CHATML, resolve_chat_template
+
 __all__ = [
     "build_tiny_model",
     "build_tiny_tokenizer",
@@ -32,12 +34,6 @@ __all__ = [
     "resolve_dtype",
 ]
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -63,7 +59,7 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> PreTrai
         eos_token="<|im_end|>",
         bos_token=None,
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = CHATML
     return fast
 
 
@@ -119,9 +115,12 @@ def _offline_kwargs(name_or_path: str) -> dict[str, Any]:
 
 
 def load_tokenizer(name_or_path: str, chat_template: str | None = None) -> Any:
+    """The tokenizer of a model; ``chat_template`` (a name in
+    :data:`east.prompts.CHAT_TEMPLATES` or Jinja text) replaces its own template."""
     tok = AutoTokenizer.from_pretrained(name_or_path, **_offline_kwargs(name_or_path))
-    if chat_template:
-        tok.chat_template = chat_template
+    template = resolve_chat_template(chat_template)
+    if template:
+        tok.chat_template = template
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

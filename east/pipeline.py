@@ -16,9 +16,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from east.cache import StageCache, StageResult, read_json, read_jsonl, write_json, write_jsonl
-from east.config import validate
+from east.config import batch_layout, trainer_settings, validate
 from east.data import Problem, Splits, load_splits
-from east.prompts import assistant, messages, render
+from east.prompts import Prompts, assistant, build_prompts, messages
 from east.sampling import SamplingParams, get_sampler, sample_seed
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,15 @@ class Pipeline:
         self.system = cfg["model"]["system_prompt"]
         sampler_cfg = cfg["sampler"]
         kwargs = {"batch_size": sampler_cfg["batch_size"], "dtype": cfg["model"]["dtype"]}
+        #: What of the backend shapes its samples (hf: nothing beyond its name, by contract).
+        self.sampler_key: Any = sampler_cfg["name"]
         if sampler_cfg["name"] == "vllm":
             kwargs = {"tensor_parallel_size": sampler_cfg["tensor_parallel_size"],
-                      "gpu_memory_utilization": sampler_cfg["gpu_memory_utilization"], "dtype": cfg["model"]["dtype"]}  # fmt: skip
+                      "gpu_memory_utilization": sampler_cfg["gpu_memory_utilization"], "dtype": cfg["model"]["dtype"],
+                      "entropy_top_k": sampler_cfg["entropy_top_k"]}  # fmt: skip
+            self.sampler_key = {"name": "vllm", "entropy_top_k": sampler_cfg["entropy_top_k"]}
         self.sampler = get_sampler(sampler_cfg["name"], **kwargs)
+        self._prompt_cache: dict[tuple[str, str], Prompts] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -53,11 +58,16 @@ class Pipeline:
         )
         return result
 
-    def _prompts(self, model_path: str, problems: list[Problem]) -> list[str]:
+    def _prompts(self, model_path: str, problems: list[Problem]) -> Prompts:
+        """The prompts for ``problems``, rendered by the configured template and tokenized
+        once; their digest goes into the keys of the stages that generate from them."""
         from east.models import load_tokenizer
 
-        tok = load_tokenizer(model_path, self.cfg["model"]["chat_template"])
-        return [render(tok, p.question, self.system) for p in problems]
+        key = (model_path, self._problems_digest(problems))
+        if key not in self._prompt_cache:
+            tok = load_tokenizer(model_path, self.cfg["model"]["chat_template"])
+            self._prompt_cache[key] = build_prompts(tok, [p.question for p in problems], self.system)
+        return self._prompt_cache[key]
 
     @staticmethod
     def _problems_digest(problems: list[Problem]) -> str:
@@ -97,22 +107,25 @@ class Pipeline:
         params = SamplingParams(
             n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"]
         )
-        config = {"sampling": s, "seed": self.cfg["seed"], "round": round_, "system": self.system,
-                  "sampler": self.cfg["sampler"]["name"], "questions": self._problems_digest(problems)}  # fmt: skip
+        path = self.model_path(model)
+        prompts = self._prompts(path, problems)
+        config = {"sampling": s, "seed": self.cfg["seed"], "round": round_, "prompts": prompts.digest,
+                  "sampler": self.sampler_key, "questions": self._problems_digest(problems),
+                  "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
-            path = self.model_path(model)
             seeds = [
                 [sample_seed(self.cfg["seed"], p.id, j, round_) for j in range(params.n)] for p in problems
             ]
             start = time.perf_counter()
-            responses = self.sampler.generate(path, self._prompts(path, problems), seeds, params)
+            responses = self.sampler.generate(path, prompts.token_ids, seeds, params)
             seconds = time.perf_counter() - start
             token_entropy = getattr(self.sampler, "token_entropy", None) or [None] * len(problems)
             rows = [{**p.to_dict(), "responses": r, "token_entropy": t}
                     for p, r, t in zip(problems, responses, token_entropy)]  # fmt: skip
             write_jsonl(d / "samples.jsonl", rows)
             write_json(d / "stats.json", {"seconds": seconds, "responses": sum(map(len, responses))})
+            write_json(d / "prompt_example.json", {"text": prompts.texts[0], "token_ids": prompts.token_ids[0]})
 
         return self._stage("sample", config, [model], build, label=_round_label("sample", round_))
 
@@ -124,10 +137,11 @@ class Pipeline:
         def build(d: Path) -> None:
             rows = read_jsonl(samples.path / "samples.jsonl")
             grades = grade_questions([(r["responses"], r["gold"]) for r in rows], mode=g["mode"],
-                                     processes=g["processes"], timeout_s=g["timeout_s"])  # fmt: skip
+                                     processes=g["processes"], timeout_s=g["timeout_s"], fallback=g["fallback"],
+                                     store=self.cache.root)  # fmt: skip
             write_jsonl(d / "grades.jsonl", [{"id": r["id"], **gr.to_dict()} for r, gr in zip(rows, grades)])
 
-        config = {"mode": g["mode"], "timeout_s": g["timeout_s"]}
+        config = {"mode": g["mode"], "timeout_s": g["timeout_s"], "fallback": g["fallback"]}
         return self._stage("grade", config, [samples], build, label=_round_label("grade", round_))
 
     def build(self, samples: StageResult, grades: StageResult, round_: int = 0) -> StageResult:
@@ -182,13 +196,11 @@ class Pipeline:
     def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:
         c = self.cfg
         name = c["objective"]["name"]
-        trainer_cfg = {
-            **c["objective"]["trainer"],
-            **((c["model"]["trainer_overrides"] or {}).get(name) or {}),
-        }
-        # The process count is part of the key: with it, data order and float reductions change.
-        config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"],
-                  "processes": c["distributed"]["num_processes"]}  # fmt: skip
+        layout = batch_layout(c)
+        trainer_cfg = {**trainer_settings(c), "gradient_accumulation_steps": layout["gradient_accumulation_steps"]}
+        # The process count is part of the key: with it, float reductions change.
+        config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"], "processes": layout["processes"],
+                  "dtype": c["model"]["dtype"], "chat_template": c["model"]["chat_template"]}  # fmt: skip
 
         def build(d: Path) -> None:
             spec = {
@@ -210,16 +222,18 @@ class Pipeline:
     def evaluate(
         self, model: StageResult, test_name: str, problems: list[Problem], label: str
     ) -> StageResult:
-        e = self.cfg["evaluation"]
+        e, g = self.cfg["evaluation"], self.cfg["grading"]
+        path = self.model_path(model)
+        prompts = self._prompts(path, problems)
         config = {"test": test_name, "questions": self._problems_digest(problems), "max_new_tokens": e["max_new_tokens"],
-                  "system": self.system, "sampler": self.cfg["sampler"]["name"]}  # fmt: skip
+                  "prompts": prompts.digest, "sampler": self.sampler_key, "fallback": g["fallback"],
+                  "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
             from east.evaluation import evaluate
 
-            path = self.model_path(model)
-            result = evaluate(self.sampler, path, self._prompts(path, problems), problems,
-                              max_new_tokens=e["max_new_tokens"], processes=self.cfg["grading"]["processes"])  # fmt: skip
+            result = evaluate(self.sampler, path, prompts.token_ids, problems, max_new_tokens=e["max_new_tokens"],
+                              processes=g["processes"], fallback=g["fallback"], store=self.cache.root)  # fmt: skip
             write_jsonl(d / "predictions.jsonl", result.pop("records"))
             write_json(d / "metrics.json", result)
 
@@ -232,21 +246,23 @@ class Pipeline:
         e, s = self.cfg["evaluation"], self.cfg["sampling"]
         params = SamplingParams(n=e["samples"], temperature=s["temperature"], top_p=s["top_p"],
                                 max_new_tokens=e["max_new_tokens"])  # fmt: skip
+        g = self.cfg["grading"]
+        path = self.model_path(model)
+        prompts = self._prompts(path, problems)
         config = {"test": test_name, "questions": self._problems_digest(problems), "params": params.__dict__,
-                  "system": self.system, "sampler": self.cfg["sampler"]["name"], "seed": self.cfg["seed"],
-                  "pass_k": e["pass_k"]}  # fmt: skip
+                  "prompts": prompts.digest, "sampler": self.sampler_key, "seed": self.cfg["seed"],
+                  "pass_k": e["pass_k"], "fallback": g["fallback"], "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
             from east.answers import grade_questions
             from east.metrics import majority_correct, pass_at_k
 
-            path = self.model_path(model)
             seeds = [
                 [sample_seed(self.cfg["seed"], p.id, j, "eval") for j in range(params.n)] for p in problems
             ]
-            responses = self.sampler.generate(path, self._prompts(path, problems), seeds, params)
-            grades = grade_questions([(r, p.gold) for r, p in zip(responses, problems)],
-                                     processes=self.cfg["grading"]["processes"])  # fmt: skip
+            responses = self.sampler.generate(path, prompts.token_ids, seeds, params)
+            grades = grade_questions([(r, p.gold) for r, p in zip(responses, problems)], processes=g["processes"],
+                                     fallback=g["fallback"], store=self.cache.root)  # fmt: skip
             metrics = {f"maj@{params.n}": float(np.mean([majority_correct(g) for g in grades]))}
             for k in e["pass_k"]:
                 metrics[f"pass@{k}"] = float(np.mean([pass_at_k(g.n, sum(g.correct), k) for g in grades]))
@@ -341,6 +357,16 @@ def _fit_and_save(trainer: Any, out: Path) -> None:
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(str(out / "model"))
         write_json(out / "log_history.json", trainer.state.log_history)
+        args = trainer.args
+        world = trainer.accelerator.num_processes
+        write_json(out / "train_info.json", {
+            "processes": world, "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+            "optimizer_steps": trainer.state.global_step, "examples": len(trainer.train_dataset),
+            "lr_scheduler_type": str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value")
+                                     else args.lr_scheduler_type),
+        })  # fmt: skip
 
 
 def _launch_workers(spec_path: Path, dist: dict[str, Any]) -> None:
@@ -473,6 +499,7 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
                 entry.update({f"{which}_{k}": v for k, v in sampled.items()})
         evals[name] = entry
     stats = _NO_TRAINING_STATS if only else read_json(records.path / "stats.json")
+    train_info = None if only else read_json(model.path / "train_info.json")
     stage_summary = {k: v.summary() for k, v in pipe.stages.items()}
     # The stage names the schema promises, whatever test sets there are.
     stage_summary["evaluate"] = _merge_stage([v for k, v in pipe.stages.items() if k.startswith("evaluate_")])
@@ -498,6 +525,8 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
             "accuracy_all": stats["accuracy_all"],
             "skipped_rows": splits.skipped,
         },
+        "train": train_info,
+        "grading": {k: c["grading"][k] for k in ("mode", "fallback", "timeout_s")},
         "eval": evals,
         "rounds": per_round,
         "paper": c.get("paper_reference"),

@@ -1,9 +1,13 @@
 """Samplers: n responses per prompt, each one's randomness a pure function of its seed.
 
-The contract every backend keeps: ``generate(model_path, prompts, seeds, params)`` returns,
-for prompt i, one response per seed in ``seeds[i]``, in that order; the same (prompt, seed)
-gives the same response whatever the batch it ran in or the process count. Seeds come from
-:func:`sample_seed` (question id, sample index, round). Temperature 0 is greedy decoding.
+The contract every backend keeps: ``generate(model_path, prompts, seeds, params)`` takes
+each prompt as token ids (tokenized once by :func:`east.prompts.build_prompts`, so every
+backend sees the same ids) and returns, for prompt i, one response per seed in
+``seeds[i]``, in that order; the same (prompt, seed) gives the same response whatever the
+batch it ran in or the process count. Seeds come from :func:`sample_seed` (question id,
+sample index, round). Temperature 0 is greedy decoding. Backends that sample also leave
+``token_entropy``: per prompt and response, the mean entropy (nats) of the sampling
+distribution over the response's tokens.
 
 Backends register by name (``hf`` here, ``vllm`` in :mod:`east.sampling_vllm`).
 """
@@ -50,7 +54,7 @@ def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str)
 
 class Sampler(Protocol):
     def generate(
-        self, model_path: str, prompts: list[str], seeds: list[list[int]], params: SamplingParams
+        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
     ) -> list[list[str]]: ...
 
 
@@ -123,7 +127,7 @@ class HFSampler:
         self.seconds = 0.0
 
     def generate(
-        self, model_path: str, prompts: list[str], seeds: list[list[int]], params: SamplingParams
+        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
     ) -> list[list[str]]:
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList
@@ -134,7 +138,7 @@ class HFSampler:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
         tokenizer = load_tokenizer(model_path)
         model = load_model(model_path, self.dtype).to(self.device).eval()
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = _check_token_ids(prompts)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
         out: list[list[str]] = [[""] * len(s) for s in seeds]
@@ -190,6 +194,17 @@ class HFSampler:
         self.seconds += time.perf_counter() - start
         del model
         return out
+
+
+def _check_token_ids(prompts: list[list[int]]) -> list[list[int]]:
+    """Prompts must arrive tokenized (east.prompts.build_prompts), never as text."""
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) or not all(isinstance(t, int) for t in p):
+            raise TypeError(
+                f"prompt {i} is not a list of token ids; tokenize once with east.prompts.build_prompts "
+                "so that every backend sees the same ids"
+            )
+    return prompts
 
 
 def _mean_until_eos(step_entropy: list[torch.Tensor], new_tokens: torch.Tensor, eos_id: int) -> torch.Tensor:

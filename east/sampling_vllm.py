@@ -1,16 +1,24 @@
 """vLLM sampler backend (``sampler=vllm``), same contract as the HF backend: one request per
 (prompt, seed) with ``SamplingParams(seed=...)``, so each response depends only on its seed.
 
+Prompts go in as token ids (``{"prompt_token_ids": ...}``): vLLM tokenizes text prompts with
+special tokens, which would put a second ``<|begin_of_text|>`` before a rendered Llama-3
+prompt. Token entropies (``mapping=local_uncertainty``) come from the top-``entropy_top_k``
+log-probabilities vLLM returns per sampled token, tempered and renormalised: the entropy of
+the sampling distribution truncated to its k most likely tokens (a lower bound on the full
+one; the HF backend computes it over the whole vocabulary).
+
 Install with ``pip install 'east[vllm]'`` (CUDA only). Tensor parallelism is
 ``sampler.tensor_parallel_size``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
-from east.sampling import SamplingParams, register_sampler
+from east.sampling import SamplingParams, _check_token_ids, register_sampler
 
 try:
     import vllm
@@ -24,14 +32,19 @@ except ImportError as e:  # pragma: no cover - exercised through the error messa
 @register_sampler("vllm")
 class VLLMSampler:
     def __init__(
-        self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, dtype: str = "auto"
+        self,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+        entropy_top_k: int = 20,
     ):
+        self.entropy_top_k = entropy_top_k
         self.kwargs = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
                        "dtype": dtype if dtype != "float32" else "float32"}  # fmt: skip
         self._engines: dict[str, Any] = {}
         self.tokens_generated = 0
         self.seconds = 0.0
-        self.token_entropy: list[list[float]] | None = None  # not computed by this backend
+        self.token_entropy: list[list[float]] | None = None
 
     def _engine(self, model_path: str) -> Any:
         if model_path not in self._engines:
@@ -40,13 +53,15 @@ class VLLMSampler:
         return self._engines[model_path]
 
     def generate(
-        self, model_path: str, prompts: list[str], seeds: list[list[int]], params: SamplingParams
+        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
     ) -> list[list[str]]:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
         llm = self._engine(model_path)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
-        requests = [prompts[i] for i, _, _ in rows]
+        prompts = _check_token_ids(prompts)
+        requests = [{"prompt_token_ids": list(prompts[i])} for i, _, _ in rows]
+        sampled = params.temperature > 0 and self.entropy_top_k > 0
         sampling = [
             vllm.SamplingParams(
                 n=1,
@@ -54,6 +69,7 @@ class VLLMSampler:
                 top_p=params.top_p,
                 max_tokens=params.max_new_tokens,
                 seed=int(seed) % (2**31),
+                logprobs=self.entropy_top_k if sampled else None,
             )
             for _, _, seed in rows
         ]
@@ -61,8 +77,28 @@ class VLLMSampler:
         outputs = llm.generate(requests, sampling, use_tqdm=True)
         self.seconds += time.perf_counter() - start
         out: list[list[str]] = [[""] * len(s) for s in seeds]
+        entropy: list[list[float]] = [[0.0] * len(s) for s in seeds]
         for (i, j, _), result in zip(rows, outputs, strict=True):
             completion = result.outputs[0]
             self.tokens_generated += len(completion.token_ids)
             out[i][j] = completion.text.strip()
+            if sampled:
+                entropy[i][j] = mean_top_k_entropy(completion.logprobs or [], params.temperature)
+        self.token_entropy = entropy if sampled else None
         return out
+
+
+def mean_top_k_entropy(steps: list[dict[int, Any]], temperature: float) -> float:
+    """Mean over generated tokens of the entropy (nats) of softmax(logp / T) restricted to
+    the top-k log-probabilities vLLM returned at that step (``Logprob`` objects or floats)."""
+    values = []
+    for step in steps:
+        logps = [getattr(v, "logprob", v) for v in step.values()]
+        logps = [lp / temperature for lp in logps if math.isfinite(lp)]
+        if not logps:
+            continue
+        top = max(logps)
+        weights = [math.exp(lp - top) for lp in logps]
+        z = sum(weights)
+        values.append(-sum(w / z * math.log(w / z) for w in weights if w > 0))
+    return sum(values) / len(values) if values else 0.0

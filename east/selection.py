@@ -10,9 +10,10 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from east.answers import QuestionGrade
+if TYPE_CHECKING:  # annotations only: the sampler imports derive_seed without math-verify
+    from east.answers import QuestionGrade
 
 __all__ = [
     "FILTER_RULES",

@@ -32,7 +32,7 @@ def test_one_experiment_per_table_cell():
 def test_every_experiment_runs_as_one_multirun(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, str(ROOT / "run.py"), "-m", "experiment=glob(*)", "model=tiny", "dataset=arith",
-           "scale=tiny", *SMALL, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
+           "scale=tiny", "distributed=none", *SMALL, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}",
            "hydra.sweep.subdir=${hydra.job.num}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,6 +56,20 @@ def test_slurm_launcher_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1
+    # The GPUs requested follow the cells' training processes (8B cells: zero3 on 8).
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "distributed=zero3", "paths.output_dir=/tmp/x"],
+                      return_hydra_config=True)  # fmt: skip
+    assert cfg.hydra.launcher.gpus_per_node == 8
+
+
+def test_paper_scale_cells_sample_with_vllm_and_8b_cells_shard():
+    for name in EXPERIMENTS:
+        cfg = _compose([f"experiment={name}"])
+        assert cfg.sampler.name == "vllm", name
+        assert cfg.model.chat_template == "llama3_paper", name
+        assert cfg.distributed.num_processes == (8 if name.startswith("llama8b") else 1), name
+        assert cfg.objective.trainer.get("lr_scheduler_type", "linear") == "linear", name
 
 
 def test_paper_table_script_lists_the_experiments():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 
@@ -19,10 +20,10 @@ def test_seeds_are_pure_functions_of_question_sample_and_round():
 
 def test_hf_sampler_is_independent_of_batching_and_order(tiny_dir):
     from east.models import load_tokenizer
+    from east.prompts import build_prompts
 
     tok = load_tokenizer(str(tiny_dir))
-    prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is {a} plus 3?"}], tokenize=False,
-                                       add_generation_prompt=True) for a in range(5)]  # fmt: skip
+    prompts = build_prompts(tok, [f"What is {a} plus 3?" for a in range(5)], None).token_ids
     seeds = [[sample_seed(0, f"q{i}", j, 0) for j in range(3)] for i in range(5)]
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=10)
     a = get_sampler("hf", batch_size=4, progress=False).generate(str(tiny_dir), prompts, seeds, params)
@@ -61,8 +62,11 @@ def fake_vllm(monkeypatch):
 
         def generate(self, prompts, params, use_tqdm=True):
             calls["generate"] = (prompts, params)
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text=f" {p}|{sp.seed}|{sp.temperature} ",
-                                                                         token_ids=[1, 2])])
+            # Two generated tokens; at each step the top-2 log-probs (uniform: ln 2 nats at T=1).
+            steps = [{7: types.SimpleNamespace(logprob=math.log(0.5)), 8: types.SimpleNamespace(logprob=math.log(0.5))}] * 2
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(
+                        text=f" {p['prompt_token_ids']}|{sp.seed}|{sp.temperature} ", token_ids=[1, 2],
+                        logprobs=steps if sp.logprobs else None)])
                     for p, sp in zip(prompts, params)]  # fmt: skip
 
     module.SamplingParams, module.LLM = SamplingParams, LLM
@@ -78,13 +82,31 @@ def test_vllm_backend_keeps_the_seed_contract(fake_vllm):
     sampler = get_sampler("vllm", tensor_parallel_size=2)
     seeds = [[11, 12], [21, 22]]
     out = sampler.generate(
-        "/models/x", ["p0", "p1"], seeds, SamplingParams(n=2, temperature=0.8, max_new_tokens=5)
+        "/models/x", [[1, 5], [1, 6]], seeds, SamplingParams(n=2, temperature=1.0, max_new_tokens=5)
     )
-    assert out == [["p0|11|0.8", "p0|12|0.8"], ["p1|21|0.8", "p1|22|0.8"]]
+    assert out == [["[1, 5]|11|1.0", "[1, 5]|12|1.0"], ["[1, 6]|21|1.0", "[1, 6]|22|1.0"]]
     model, kwargs = fake_vllm["init"]
     assert model == "/models/x" and kwargs["tensor_parallel_size"] == 2
     prompts, params = fake_vllm["generate"]
-    assert all(p.n == 1 and p.max_tokens == 5 for p in params)
+    assert all(p.n == 1 and p.max_tokens == 5 and p.logprobs == 20 for p in params)
+    # Token ids go in as they are: vLLM never tokenizes (and never adds a BOS) itself.
+    assert prompts == [{"prompt_token_ids": [1, 5]}] * 2 + [{"prompt_token_ids": [1, 6]}] * 2
+    # local_uncertainty works on this backend: entropies from the returned log-probs.
+    assert sampler.token_entropy == [[pytest.approx(math.log(2))] * 2] * 2
+    with pytest.raises(TypeError, match="token ids"):
+        sampler.generate("/models/x", ["text prompt"], [[1]], SamplingParams(n=1))
+
+
+def test_top_k_entropy_is_tempered_and_renormalised():
+    from east.sampling_vllm import mean_top_k_entropy
+
+    step = {1: math.log(0.6), 2: math.log(0.3), 3: -math.inf}
+    p = [0.6 / 0.9, 0.3 / 0.9]
+    assert mean_top_k_entropy([step], 1.0) == pytest.approx(-sum(q * math.log(q) for q in p))
+    hot = [0.6**2, 0.3**2]
+    hot = [q / sum(hot) for q in hot]
+    assert mean_top_k_entropy([step, step], 0.5) == pytest.approx(-sum(q * math.log(q) for q in hot))
+    assert mean_top_k_entropy([], 1.0) == 0.0
 
 
 def test_missing_vllm_says_how_to_install(monkeypatch):
