@@ -422,6 +422,7 @@ class _Parsed:
     constant: bool = False  # the expression has no free symbols: `value` is its exact value
     scalar: bool = False  # a sympy expression (not a tuple, set, matrix, relation, ...)
     items: int = 0  # entries of a tuple / set / matrix answer (0 for a scalar expression)
+    interval: bool = False  # an interval or a union of intervals
 
     def parse(self, timeout_s: float) -> list:
         if self.expr is None:
@@ -468,11 +469,14 @@ class _Parsed:
 
     def _probe(self, timeout_s: float) -> None:
         """Facts used only to skip ``verify`` where its answer is certain: expressions that
-        differ at one point are not equal as functions, and a collection of two or more items
-        is never one number."""
+        differ at one point are not equal as functions, and neither a collection of two or
+        more items nor an interval is ever one number."""
         import sympy
 
         first = self.expr[0] if self.expr else None
+        self.interval = isinstance(first, sympy.Interval) or (
+            isinstance(first, sympy.Union) and all(isinstance(a, sympy.Interval) for a in first.args)
+        )
         if isinstance(first, sympy.Tuple | sympy.FiniteSet):
             self.items = len(first.args)
         elif isinstance(first, sympy.MatrixBase):
@@ -527,8 +531,8 @@ class ParseStore:
     objects: keep the file where you keep your checkpoints.
     """
 
-    VERSION = 1
-    _FIELDS = ("expr", "value", "constant", "scalar", "items")
+    VERSION = 2
+    _FIELDS = ("expr", "value", "constant", "scalar", "items", "interval")
 
     def __init__(self, path: str | Path):
         import sqlite3
@@ -628,6 +632,8 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
             return True  # two constants equal to 12 significant digits at 30-digit precision
     if (a.items >= 2 and b.scalar) or (b.items >= 2 and a.scalar):
         return False  # a tuple / set / matrix of several items is never one number
+    if (a.interval and b.scalar and b.constant) or (b.interval and a.scalar and a.constant):
+        return False  # an interval is never a number
     STATS["verifies"] += 1
     try:
         with _time_limit(timeout_s):
