@@ -247,3 +247,143 @@ def test_precomputed_reference_log_probs_keep_the_weights(objective, tiny_dir):
         _trainer(objective, tiny_dir, rows, per_device_train_batch_size=4, precompute_ref_log_probs=True), 4
     )
     assert _rel(pre, live) <= 1e-5
+
+
+def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
+    """objective.global_batch_size fixes the examples per optimiser step: 1 process
+    (accumulating 2 micro-batches) and 2 gloo processes (1 each) take the same number of
+    steps on the same examples, so they end at the same weights."""
+    from safetensors.torch import load_file
+
+    from east.cache import write_json, write_jsonl
+    from east.config import batch_layout
+    from east.pipeline import _launch_workers, train_from_spec
+
+    records = tmp_path / "records.jsonl"
+    write_jsonl(records, [dict(r, weight=w) for r, w in zip(ROWS["sft"][:8], [0.5, 1.5] * 4)])
+    info = {}
+    for procs in (1, 2):
+        c = {"objective": {"name": "sft", "global_batch_size": 4, "trainer": {"per_device_train_batch_size": 2}},
+             "model": {"trainer_overrides": {}}, "distributed": {"num_processes": procs}}  # fmt: skip
+        layout = batch_layout(c)
+        assert layout["gradient_accumulation_steps"] == 2 // procs
+        out = tmp_path / f"p{procs}"
+        out.mkdir()
+        settings = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": layout["gradient_accumulation_steps"],
+                    "num_train_epochs": 1, "learning_rate": 0.05, "optim": "sgd", "lr_scheduler_type": "constant",
+                    "logging_steps": 1, "bf16": False}  # fmt: skip
+        spec = {"objective": "sft", "base_path": str(tiny_dir), "out_dir": str(out), "records": str(records),
+                "settings": settings, "seed": 0, "chat_template": None, "dtype": "float32"}  # fmt: skip
+        if procs == 1:
+            train_from_spec({**spec, "report_to": []})
+        else:
+            write_json(out / "spec.json", {**spec, "report_to": []})
+            dist = {"num_processes": 2, "accelerate_config": None,
+                    "launch_args": ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]}  # fmt: skip
+            _launch_workers(out / "spec.json", dist)
+        info[procs] = json.loads((out / "train_info.json").read_text())
+        info[procs]["weights"] = load_file(str(out / "model" / "model.safetensors"))
+    assert info[1]["processes"] == 1 and info[2]["processes"] == 2
+    for key in ("optimizer_steps", "effective_batch_size", "examples"):
+        assert info[1][key] == info[2][key], key
+    assert info[1]["optimizer_steps"] == 2 and info[1]["effective_batch_size"] == 4
+    start = load_file(str(tiny_dir / "model.safetensors"))
+    for name, w1 in info[1]["weights"].items():
+        moved = (w1 - start[name]).abs().max()
+        gap = (w1 - info[2]["weights"][name]).abs().max()
+        assert gap <= 1e-5 * max(float(moved), 1e-3), name
+
+
+def test_accumulation_is_derived_and_checked():
+    from east.config import batch_layout
+
+    def c(total, per_device, procs, **trainer):
+        return {"objective": {"name": "dpo", "global_batch_size": total,
+                              "trainer": {"per_device_train_batch_size": per_device, **trainer}},
+                "model": {"trainer_overrides": {}}, "distributed": {"num_processes": procs}}  # fmt: skip
+
+    assert batch_layout(c(16, 2, 1))["gradient_accumulation_steps"] == 8
+    assert batch_layout(c(16, 2, 8))["gradient_accumulation_steps"] == 1
+    assert batch_layout(c(16, 1, 8))["gradient_accumulation_steps"] == 2
+    with pytest.raises(ValueError, match=r"global_batch_size=16: .* per_device_train_batch_size \(3\)"):
+        batch_layout(c(16, 3, 1))
+    with pytest.raises(ValueError, match="set objective.global_batch_size instead"):
+        batch_layout(c(16, 2, 1, gradient_accumulation_steps=8))
+
+
+def test_validation_cannot_be_bypassed(tiny_dir):
+    """Positional datasets, an IterableDataset, and DPO's ref_model in second place."""
+    from datasets import IterableDataset
+
+    bad = [dict(r, weight=w) for r, w in zip(ROWS["sft"][:4], (1.0, float("nan"), 1.0, 1.0))]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match="row 1 .*nan"):
+        WeightedSFTTrainer(model, _args("sft", tiny_dir / "out"), None, Dataset.from_list(bad), None, tok)
+    stream = IterableDataset.from_generator(lambda: iter(bad))
+    trainer = WeightedSFTTrainer(model=model, args=_args("sft", tiny_dir / "out", max_steps=1,
+                                 per_device_train_batch_size=4), train_dataset=stream, processing_class=tok)  # fmt: skip
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="invalid 'weight' nan"):
+        trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing trained
+    ref = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match="aot"):
+        WeightedDPOTrainer(model, ref, _args("dpo", tiny_dir / "out", loss_type=["aot"]))
+
+
+def test_collator_and_model_wrapper_survive_pickle_and_copy(tiny_dir):
+    import copy
+    import pickle
+
+    from east.training import _RowWeightedModel, _WeightCollator
+
+    collator = _WeightCollator(_Stack())
+    for clone in (pickle.loads(pickle.dumps(collator)), copy.deepcopy(collator)):
+        out = clone([{"x": 1, "weight": 0.5}, {"x": 2}])
+        assert out["x"] == [1, 2] and out["weight"].tolist() == [0.5, 1.0]
+        assert clone.marker == "inner"  # attributes still reach the wrapped collator
+    wrapped = _RowWeightedModel(_Stack(), None, rows=2)
+    assert copy.deepcopy(wrapped).marker == "inner"
+    assert pickle.loads(pickle.dumps(wrapped)).marker == "inner"
+
+
+class _Stack:
+    marker = "inner"
+
+    def __call__(self, examples):
+        return {"x": [e["x"] for e in examples]}
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+def test_uneven_micro_batches_weigh_every_example_once(objective, tiny_dir):
+    """3 examples per step as micro-batches [2, 1] give the update of one batch of 3."""
+    initial = torch.cat([p.detach().flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters()])
+    rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:3], (0.5, 1.5, 2.0))]
+    updates = {}
+    for batch, acc in ((3, 1), (2, 2)):
+        trainer = _trainer(objective, tiny_dir, rows, per_device_train_batch_size=batch, gradient_accumulation_steps=acc,
+                           max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0)  # fmt: skip
+        trainer.train()
+        updates[batch] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]) - initial
+    assert updates[3].norm() > 0
+    assert _rel(updates[2], updates[3]) <= 1e-5
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_weighted_loss_is_logged_beside_the_unweighted_one(objective, tiny_dir):
+    rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:4], WEIGHTS)]
+    # Each example's stock loss, one at a time (apo_zero_unpaired / sigmoid: no batch coupling).
+    per_example = []
+    for r in rows:
+        stock = _trainer(objective, tiny_dir, [{k: v for k, v in r.items() if k != "weight"}], weighted=False,
+                         per_device_train_batch_size=1)  # fmt: skip
+        per_example.append(_grad(stock, 1)[0].item())
+    trainer = _trainer(objective, tiny_dir, rows, per_device_train_batch_size=4, max_steps=1, learning_rate=0.0,
+                       data_seed=0)  # fmt: skip
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    expected_unweighted = sum(per_example) / 4
+    expected_weighted = sum(w * loss for w, loss in zip(WEIGHTS, per_example)) / 4
+    assert logged["loss"] == pytest.approx(expected_unweighted, rel=1e-4)
+    assert logged["loss_weighted"] == pytest.approx(expected_weighted, rel=1e-4)
