@@ -18,6 +18,13 @@ def main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     train_from_spec(spec)
+    # Leave together: a rank that exits while another still writes can abort in gloo's
+    # teardown ("terminate called without an active exception"), failing a finished stage.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

