@@ -547,7 +547,9 @@ class ParseStore:
 
     @classmethod
     def in_dir(cls, directory: str | Path) -> ParseStore:
-        version = getattr(math_verify, "__version__", "unknown")
+        from importlib.metadata import version as installed
+
+        version = installed("math-verify")
         return cls(Path(directory) / f"parses-v{cls.VERSION}-math-verify-{version}.sqlite")
 
     def restore(self, parsed: _Parsed) -> bool:
