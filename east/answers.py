@@ -630,8 +630,10 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         gap = abs(a.value - b.value)
         if gap > 1e-6 * scale:
             return False  # they differ at the probe point: not equal, no symbolic verify
-        if a.constant and b.constant and gap <= 1e-12 * scale:
-            return True  # two constants equal to 12 significant digits at 30-digit precision
+        if a.constant and b.constant and gap <= 1e-12 * max(abs(a.value), abs(b.value)):
+            # Two constants equal to 12 significant digits at 30-digit precision (relative:
+            # 1/29322216 and 1/29322316 differ by 1e-13 absolutely and are not equal).
+            return True
     if (a.items >= 2 and b.scalar) or (b.items >= 2 and a.scalar):
         return False  # a tuple / set / matrix of several items is never one number
     if (a.interval and b.scalar and b.constant) or (b.interval and a.scalar and a.constant):

@@ -45,8 +45,9 @@ DELIBERATE = {
     "cannot read it; its eval-based expression parser, which we never run, sometimes can)",
     "assign": "'x=16,\\!471': spacing commands and thousands separators are removed first",
 }
-#: Golds whose own math-verify reading is degenerate, so that a spelling of them may be
-#: "equal" to math-verify and not to us. Each with why (the closing note of issue 9 lists them).
+#: Golds whose own math-verify reading is degenerate, so that an answer to them may be
+#: "equal" to math-verify and not to us, or the reverse ("43_5." vs "\\$43_6.": math-verify
+#: equates the normalised strings, not the raw ones). Each with why (the closing note of issue 9 lists them).
 MV_ONLY: dict[str, str] = {
     "43_5.": "gold ends in a period that math-verify keeps in some readings",
     "30^\\circ.": "gold ends in a period that math-verify keeps in some readings",
@@ -161,7 +162,7 @@ def differential(golds: list[str], seed: int = 0) -> dict:
                 continue
             if reference and wrong:
                 mv_false_positives += 1  # one digit changed: math-verify equates a wrong answer
-            elif reference and gold in MV_ONLY:
+            elif gold in MV_ONLY:  # either way: math-verify's reading of this gold is degenerate
                 mv_only[gold] += 1
             elif ours and kind in DELIBERATE:
                 deliberate[kind] += 1
