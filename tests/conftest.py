@@ -51,28 +51,11 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
-LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
-
-
 def build_llama3_style_tokenizer(texts):
-    """A small tokenizer that behaves like Llama-3's: its special tokens, and a post-processor
-    that prepends <|begin_of_text|> whenever text is tokenized with special tokens (which is
-    how a second BOS sneaks in front of an already rendered prompt)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A small tokenizer that behaves like Llama-3's (east.models.llama3_style)."""
+    from east.models import build_tiny_tokenizer, llama3_style
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
-    tok.train_from_iterator(texts, trainer=trainer)
-    bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   pad_token="<|pad|>")  # fmt: skip
+    return llama3_style(build_tiny_tokenizer(texts))
 
 
 @pytest.fixture(scope="session")

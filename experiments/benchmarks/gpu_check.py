@@ -57,18 +57,14 @@ def build_model_dir(shape: str, out: Path) -> Path:
     """A random-weight LLaMA of ``shape`` and a tokenizer built here, saved under ``out``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from east.models import build_tiny_tokenizer
-    from east.prompts import LLAMA3_PAPER, PAPER_SYSTEM
+    from east.models import build_tiny_tokenizer, llama3_style
+    from east.prompts import PAPER_SYSTEM
 
     dims = SHAPES[shape]
     texts = [*questions(200), PAPER_SYSTEM, "<|begin_of_text|><|start_header_id|><|end_header_id|><|eot_id|>"]
     tok = build_tiny_tokenizer(texts, vocab_size=min(dims["vocab_size"], 2000))
-    tok.add_special_tokens(
-        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-         "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}
-    )  # fmt: skip
+    tok = llama3_style(tok)
     tok.add_tokens([f"<|reserved_{i}|>" for i in range(dims["vocab_size"] - len(tok))], special_tokens=True)
-    tok.chat_template = LLAMA3_PAPER
     config = LlamaConfig(**dims, tie_word_embeddings=True, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
