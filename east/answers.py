@@ -20,7 +20,7 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -71,51 +71,116 @@ _LATEX_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
 
 # --------------------------------------------------------------------------- extraction
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 _GSM8K_RE = re.compile(r"####\s*([^\n]+)")
 _PHRASE_RE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*(.+?)(?:\.\s|\.?$|\n)", re.IGNORECASE)
 
 
-def _boxed_contents(text: str) -> Iterator[str]:
-    """Contents of the top-level, brace-matched ``\\boxed{..}`` / ``\\fbox{..}`` in order.
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)")
+_TOKEN_RE = re.compile(r"[^\s$]+")
+_BRACE_RE = re.compile(r"[{}]")
 
-    One left-to-right pass, linear in ``len(text)``; an unclosed box yields nothing.
+
+def _box_at(text: str, pos: int, end: int) -> tuple[int, int, int] | None:
+    """The box whose command starts at ``pos``: ``(content start, content end, box end)``,
+    or ``None`` when it is unbalanced (nothing after it can be a matched box either). A
+    command without content (``\\fbox 5``, ``\\boxed$``) gives ``content start = -1``.
+
+    ``\\boxed 5`` (no braces) takes the next token up to whitespace or ``$``.
     """
-    i = 0
-    n = len(text)
+    m = _BOX_RE.match(text, pos, end)
+    assert m is not None
+    j = m.end()
+    while j < end and text[j] == " ":
+        j += 1
+    if j >= end:
+        return None
+    if text[j] != "{":
+        t = _TOKEN_RE.match(text, j, end)
+        if t is None or m.group(0) != "\\boxed":
+            return (-1, j, j)  # "\\fbox 5" or "\\boxed$": no content, keep scanning after it
+        return (j, t.end(), t.end())
+    depth = 0
+    for brace in _BRACE_RE.finditer(text, j, end):
+        if brace.group() == "{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return (j + 1, brace.start(), brace.end())
+    return None
+
+
+def _boxed_spans(text: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of the contents of the top-level, brace-matched ``\\boxed{..}`` /
+    ``\\fbox{..}`` in ``text[start:end]``, in order. One left-to-right pass: linear time."""
+    end = len(text) if end is None else end
+    i = start
     while True:
-        starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
-        starts = [(pos, cmd) for pos, cmd in starts if pos >= 0]
-        if not starts:
+        m = _BOX_RE.search(text, i, end)
+        if m is None:
             return
-        pos, cmd = min(starts)
-        j = pos + len(cmd)
-        while j < n and text[j] == " ":
-            j += 1
-        if j >= n:
-            return
-        if text[j] != "{":
-            # "\boxed 5" form: the next token up to whitespace or "$".
-            m = re.match(r"[^\s$]+", text[j:])
-            if m and cmd == "\\boxed":
-                yield m.group(0)
-            i = j
-            continue
-        depth = 0
-        k = j
-        while k < n:
-            c = text[k]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    break
-            k += 1
-        if depth != 0:
+        box = _box_at(text, m.start(), end)
+        if box is None:
             return  # unbalanced: nothing after this point can be a matched box
-        yield text[j + 1 : k]
-        i = k + 1
+        lo, hi, after = box
+        if lo >= 0:
+            yield lo, hi
+        i = max(after, m.end())
+
+
+def _boxed_contents(text: str) -> Iterator[str]:
+    """Contents of the top-level, brace-matched ``\\boxed{..}`` / ``\\fbox{..}`` in order."""
+    for lo, hi in _boxed_spans(text):
+        yield text[lo:hi]
+
+
+def _last_box(text: str) -> str | None:
+    """The content of the last top-level box, with nested boxes that are the whole content
+    unwrapped (``\\boxed{\\boxed{x}}`` is ``x``; ``\\boxed{\\boxed{5}\\text{ cm}}`` is ``5``).
+    Linear: each unwrapping step only looks at characters that it drops."""
+    span = None
+    for last in _boxed_spans(text):
+        span = last
+    if span is None:
+        return None
+    lo, hi = span
+    close_of: dict[int, int] | None = None  # brace matching inside the span, built once
+    while True:
+        while lo < hi and text[lo].isspace():
+            lo += 1
+        m = _BOX_RE.match(text, lo, hi)
+        if m is None:
+            break
+        j = m.end()
+        while j < hi and text[j] == " ":
+            j += 1
+        if j < hi and text[j] == "{":
+            if close_of is None:
+                close_of = _brace_pairs(text, lo, hi)
+            if j not in close_of:
+                break
+            inner_lo, inner_hi, after = j + 1, close_of[j], close_of[j] + 1
+        else:
+            box = _box_at(text, lo, hi)
+            if box is None or box[0] < 0:
+                break
+            inner_lo, inner_hi, after = box
+        if _BOX_RE.search(text, after, hi) is not None:
+            break  # a second box beside the first: keep the whole content
+        lo, hi = inner_lo, inner_hi
+    return text[lo:hi].strip()
+
+
+def _brace_pairs(text: str, lo: int, hi: int) -> dict[int, int]:
+    """Position of each ``{`` in ``text[lo:hi]`` -> its matching ``}`` (one pass)."""
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for brace in _BRACE_RE.finditer(text, lo, hi):
+        if brace.group() == "{":
+            stack.append(brace.start())
+        elif stack:
+            pairs[stack.pop()] = brace.start()
+    return pairs
 
 
 Fallback = Literal["none", "last_number"]
@@ -139,18 +204,8 @@ def extract_answer_with_source(
         raise ValueError(f"unknown extraction fallback {fallback!r}; allowed: {', '.join(FALLBACKS)}")
     if not text:
         return None, None
-    boxed = None
-    for content in _boxed_contents(text):
-        boxed = content
+    boxed = _last_box(text)
     if boxed is not None:
-        # \boxed{\boxed{x}}: unwrap nested boxes, bounded by the string length.
-        while True:
-            inner = list(_boxed_contents(boxed))
-            if len(inner) == 1 and boxed.strip().startswith(_BOX_COMMANDS):
-                boxed = inner[0]
-            else:
-                break
-        boxed = boxed.strip()
         return (boxed or None), ("boxed" if boxed else None)
     matches = _GSM8K_RE.findall(text)
     if matches:
@@ -328,12 +383,40 @@ def _percent_equal(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------- time bound
 
 
-class GradingTimeout(Exception):
-    """A parse or comparison ran past its time bound."""
+class GradingTimeout(BaseException):
+    """A parse or comparison ran past its time bound.
+
+    A ``BaseException``: math-verify and sympy catch ``Exception`` around their own work,
+    which would swallow the timeout and let a cut comparison read as "not equal"."""
+
+
+class _Watch:
+    """Where a supervisor (east.grading_pool) watches the bounded operation in progress:
+    a shared-memory start time and a description of the operation, so that it can kill a
+    worker stuck in C code (big integers) that no signal interrupts, and knows what to
+    mark as timed out in the worker it starts instead."""
+
+    def __init__(self, since: Any, op: Any):
+        self.since, self.op = since, op
+
+    def begin(self, op: tuple[str, ...]) -> None:
+        import json
+        import time
+
+        self.op.value = json.dumps(op).encode()[: len(self.op) - 1]
+        self.since.value = time.monotonic()
+
+    def end(self) -> None:
+        self.since.value = 0.0
+
+
+_WATCH: _Watch | None = None
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
+def _time_limit(seconds: float, op: tuple[str, ...]) -> Iterator[None]:
+    """Bound one operation (``("parse", norm)`` or ``("verify", norm_a, norm_b)``) by
+    ``seconds`` with ``SIGALRM``; under a supervisor, also announce it (see :class:`_Watch`)."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError(
             "east.answers grades with a SIGALRM time bound, which only works in the main "
@@ -344,17 +427,59 @@ def _time_limit(seconds: float) -> Iterator[None]:
         raise GradingTimeout
 
     previous = signal.signal(signal.SIGALRM, _raise)
+    if _WATCH is not None:
+        _WATCH.begin(op)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if _WATCH is not None:
+            _WATCH.end()
 
 
 # --------------------------------------------------------------------------- parsed answers
 
-STATS = {"parses": 0, "parse_timeouts": 0, "too_large": 0, "verifies": 0, "verify_timeouts": 0}
+#: Operations cut by a time bound in this process: strings whose parse was cut (they compare
+#: by string only from then on) and pairs whose comparison was cut (never retried). A
+#: supervisor seeds both with what it killed workers for (:func:`mark_timed_out`).
+_CUT_PARSES: set[str] = set()
+_CUT_PAIRS: set[frozenset[str]] = set()
+#: Cut comparisons per string: a string that has cut this many is parsed no more.
+_STRIKES: dict[str, int] = {}
+MAX_STRIKES = 2
+
+
+def mark_timed_out(parses: Iterable[str] = (), pairs: Iterable[Iterable[str]] = ()) -> None:
+    """Record operations that ran out of time elsewhere (a killed worker): they are not tried
+    again here, and every answer they touch is counted as timed out."""
+    _CUT_PARSES.update(parses)
+    for pair in pairs:
+        _CUT_PAIRS.add(frozenset(pair))
+
+
+def forget_timeouts() -> None:
+    """Forget every operation cut by a time bound in this process (tests, benchmarks)."""
+    _CUT_PARSES.clear()
+    _CUT_PAIRS.clear()
+    _STRIKES.clear()
+
+
+def _cut_pair(a: _Parsed, b: _Parsed) -> None:
+    """A comparison ran out of time: never retried. Its non-numeric sides take a strike (a
+    plain number is never what makes sympy slow, so a gold like ``2`` is never struck)."""
+    _CUT_PAIRS.add(frozenset((a.norm, b.norm)))
+    for norm in (p.norm for p in (a, b) if p.number is None):
+        _STRIKES[norm] = _STRIKES.get(norm, 0) + 1
+        if _STRIKES[norm] >= MAX_STRIKES:
+            _CUT_PARSES.add(norm)
+
+
+def _timed_out(a: str, b: str | None = None) -> bool:
+    """Whether a time bound cut the parse of ``a`` (or ``b``), or their comparison."""
+    return a in _CUT_PARSES or (b is not None and (b in _CUT_PARSES or frozenset((a, b)) in _CUT_PAIRS))
+
 
 #: Largest number of decimal digits any subterm may reach before an answer is refused
 #: symbolic comparison. Big-integer arithmetic runs in C, where no signal can stop it,
@@ -362,12 +487,22 @@ STATS = {"parses": 0, "parse_timeouts": 0, "too_large": 0, "verifies": 0, "verif
 MAX_DIGITS = 10_000
 
 
-def _log10_bound(expr: Any) -> float:
-    """An upper bound on log10 |value| of a sympy expression, without evaluating it."""
+#: Largest number of terms of a sum or product that is evaluated: sympy adds them one by one.
+MAX_TERMS_LOG10 = 6
+
+
+def _log10_bound(expr: Any, env: dict | None = None) -> float:
+    """An upper bound on log10 |value| of a sympy expression, without evaluating it.
+
+    ``env``: bounds of the summation / product variables in scope. ``inf`` also stands for
+    "too costly to evaluate" (a sum or product of more than 10^MAX_TERMS_LOG10 terms).
+    """
     import math
 
     import sympy
 
+    env = env or {}
+    bound = _log10_bound
     if isinstance(expr, sympy.Integer | sympy.Rational):
         # 2**bits > |p|: a bound within a factor 2 (digit counts are 10x loose, which
         # refused 3^{2007} once it sat inside an equation).
@@ -375,19 +510,34 @@ def _log10_bound(expr: Any) -> float:
         return max(abs(p).bit_length(), q.bit_length()) * math.log10(2)
     if isinstance(expr, sympy.Float):
         return max(0.0, math.log10(abs(float(expr)) + 1.0))
+    if isinstance(expr, sympy.Symbol):
+        return env.get(expr, 1.0)
     if isinstance(expr, sympy.Pow):
-        base, exp = _log10_bound(expr.base), _log10_bound(expr.exp)
+        base, exp = bound(expr.base, env), bound(expr.exp, env)
         if exp > 300:
             return math.inf
         return max(base, 1.0) * 10.0**exp
     if isinstance(expr, sympy.Mul):
-        return sum(max(_log10_bound(a), 0.0) for a in expr.args)
-    if isinstance(expr, sympy.factorial | sympy.gamma | sympy.factorial2):
-        n = _log10_bound(expr.args[0])
+        return sum(max(bound(a, env), 0.0) for a in expr.args)
+    if isinstance(expr, sympy.factorial | sympy.gamma | sympy.factorial2 | sympy.binomial):
+        n = bound(expr.args[0], env)  # binomial(n, k) <= 2^n <= n!-sized: same bound
         return math.inf if n > 300 else 10.0**n * max(n, 1.0)
+    if isinstance(expr, sympy.Sum | sympy.Product):
+        inner = dict(env)
+        count = 0.0
+        for var, *ends in expr.limits:
+            top = max((bound(e, env) for e in ends), default=1.0)
+            if top > MAX_TERMS_LOG10:
+                return math.inf
+            inner[var] = top
+            count += top
+        term = bound(expr.function, inner)
+        if isinstance(expr, sympy.Sum):
+            return term + count
+        return math.inf if term * 10.0**count > 1e300 else max(term, 0.0) * 10.0**count
     if not getattr(expr, "args", ()):
-        return 1.0  # symbols, constants (pi, E, I, oo)
-    return max(_log10_bound(a) for a in expr.args) + math.log10(len(expr.args) + 1)
+        return 1.0  # constants (pi, E, I, oo)
+    return max(bound(a, env) for a in expr.args) + math.log10(len(expr.args) + 1)
 
 
 def _magnitude_ok(expr: Any) -> bool:
@@ -417,7 +567,6 @@ class _Parsed:
     norm: str
     number: tuple[Fraction, int] | None  # plain numbers: (value, places), see _plain_number
     expr: list | None = None  # math-verify parse; [] = not parseable
-    poisoned: bool = False  # a comparison with it timed out once: string compare only
     value: complex | None = None  # value of an expression at the probe point (see _probe)
     constant: bool = False  # the expression has no free symbols: `value` is its exact value
     scalar: bool = False  # a sympy expression (not a tuple, set, matrix, relation, ...)
@@ -425,15 +574,15 @@ class _Parsed:
     interval: bool = False  # an interval or a union of intervals
 
     def parse(self, timeout_s: float) -> list:
+        if self.norm in _CUT_PARSES:
+            return []  # cut once: compared by string only from then on
         if self.expr is None:
             self.expr = []
             if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
                 if _STORE is not None and _STORE.restore(self):
                     return self.expr
-                STATS["parses"] += 1
-                timeouts = STATS["parse_timeouts"]
                 try:
-                    with _time_limit(timeout_s):
+                    with _time_limit(timeout_s, ("parse", self.norm)):
                         # As inline math first (math-verify reads "18%" and units there), then
                         # boxed (it reads "\\frac{24}{5}." there): the answer is whichever parses.
                         # math-verify's parse is [expression, matched string]; verify compares
@@ -455,22 +604,26 @@ class _Parsed:
                         else:
                             self.expr = strings
                 except GradingTimeout:
-                    STATS["parse_timeouts"] += 1
-                if self.expr and not all(_magnitude_ok(e) for e in self.expr):
-                    STATS["too_large"] += 1
+                    _CUT_PARSES.add(self.norm)
                     self.expr = []
+                    return self.expr
+                if self.expr and not all(_magnitude_ok(e) for e in self.expr):
+                    _CUT_PARSES.add(self.norm)  # too large to evaluate: a bound, counted as one
+                    self.expr = []
+                    return self.expr
                 if self.expr and _closed_statement(self.expr[0]):
                     # "0.56 = 56\\%": compared by math-verify's matched string, not truth value.
                     self.expr = [e for e in self.expr if isinstance(e, str)]
-                self._probe(timeout_s)
-                if _STORE is not None and STATS["parse_timeouts"] == timeouts:
-                    _STORE.add(self)  # a timed-out parse depends on the bound: not stored
+                if not self._probe(timeout_s):
+                    return []
+                if _STORE is not None:
+                    _STORE.add(self)  # a timed-out parse depends on the bound: never stored
         return self.expr
 
-    def _probe(self, timeout_s: float) -> None:
+    def _probe(self, timeout_s: float) -> bool:
         """Facts used only to skip ``verify`` where its answer is certain: expressions that
         differ at one point are not equal as functions, and neither a collection of two or
-        more items nor an interval is ever one number."""
+        more items nor an interval is ever one number. False when the probe ran out of time."""
         import sympy
 
         first = self.expr[0] if self.expr else None
@@ -487,11 +640,13 @@ class _Parsed:
         elif isinstance(first, sympy.Expr):
             self.scalar = True
             try:
-                with _time_limit(timeout_s):
+                with _time_limit(timeout_s, ("parse", self.norm)):
                     self.value, self.constant = _value_at_probe(first)
             except GradingTimeout:
-                STATS["parse_timeouts"] += 1
-                self.value = None
+                _CUT_PARSES.add(self.norm)
+                self.expr = []
+                return False
+        return True
 
 
 def _percent() -> Any:
@@ -620,8 +775,8 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         decided = _numbers_equal(a.number, b.number)
         if decided is not None:
             return decided
-    if a.poisoned or b.poisoned:
-        return False
+    if _timed_out(a.norm, b.norm):
+        return False  # a time bound cut one of them, or this comparison, before
     pa, pb = a.parse(timeout_s), b.parse(timeout_s)
     if not pa or not pb:
         return False
@@ -638,13 +793,11 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         return False  # a tuple / set / matrix of several items is never one number
     if (a.interval and b.scalar and b.constant) or (b.interval and a.scalar and a.constant):
         return False  # an interval is never a number
-    STATS["verifies"] += 1
     try:
-        with _time_limit(timeout_s):
+        with _time_limit(timeout_s, ("verify", a.norm, b.norm)):
             return bool(_mv_verify(pa, pb, timeout_seconds=None) or _mv_verify(pb, pa, timeout_seconds=None))
     except GradingTimeout:
-        STATS["verify_timeouts"] += 1
-        a.poisoned = b.poisoned = True  # never pay this timeout again for these strings
+        _cut_pair(a, b)  # never paid twice; a string that cuts MAX_STRIKES is parsed no more
         return False
 
 
@@ -726,6 +879,8 @@ class QuestionGrade:
     accuracy: float  # A: share of correct responses
     rejected_share: float  # R: share of the most frequent incorrect (answered) cluster
     top_incorrect_cluster: int | None  # the cluster R refers to
+    # Responses whose grading a time or size bound cut (compared by string only from there).
+    timeouts: int = 0
 
     @property
     def n(self) -> int:
@@ -776,6 +931,7 @@ def grade_question(
         correct = [a is not None and answers_equal(gold, a, timeout_s=timeout_s) for a in answers]
         cluster_correct = [correct[first_member[c]] for c in range(k)]
     n = len(responses)
+    timeouts = _count_cut(answers, ids, first_member, gold, mode)
     wrong = [c for c in range(k) if not cluster_correct[c] and c != no_answer]
     top_wrong = max(wrong, key=lambda c: (sizes[c], -c)) if wrong else None
     return QuestionGrade(
@@ -790,18 +946,31 @@ def grade_question(
         accuracy=sum(correct) / n,
         rejected_share=(sizes[top_wrong] / n) if top_wrong is not None else 0.0,
         top_incorrect_cluster=top_wrong,
+        timeouts=timeouts,
     )
 
 
-def _grade_chunk(
-    args: tuple[list[tuple[Sequence[str], str]], str, float, str, str | None],
-) -> list[QuestionGrade]:
-    items, mode, timeout_s, fallback, store = args
-    with parse_store(store) if store is not None and _STORE is None else contextlib.nullcontext():
-        return [
-            grade_question(r, g, mode=mode, timeout_s=timeout_s, fallback=fallback)  # type: ignore[arg-type]
-            for r, g in items
-        ]
+def _count_cut(
+    answers: list[str | None], ids: list[int], first_member: list[int], gold: str, mode: str
+) -> int:
+    """How many responses a time or size bound may have misgraded: their parse, the gold's,
+    their cluster's comparison with the gold, or their comparison with a cluster was cut."""
+    if not (_CUT_PARSES or _CUT_PAIRS):
+        return 0
+    g = normalize_answer(gold)
+    norms = [None if a is None else normalize_answer(a) for a in answers]
+    reps = [norms[i] for i in first_member]
+    count = 0
+    for norm, cid in zip(norms, ids):
+        if norm is None or norm == g:
+            continue
+        rep = reps[cid]
+        with_gold = _timed_out(g, norm) or (rep is not None and _timed_out(g, rep))
+        with_clusters = mode == "equivalence" and any(
+            r is not None and frozenset((norm, r)) in _CUT_PAIRS for r in reps
+        )
+        count += with_gold or with_clusters
+    return count
 
 
 def grade_questions(
@@ -809,33 +978,31 @@ def grade_questions(
     *,
     mode: ClusterMode = "equivalence",
     processes: int = 1,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     fallback: Fallback = "none",
     store: str | Path | None = None,
 ) -> list[QuestionGrade]:
-    """Grade many ``(responses, gold)`` pairs, in order, optionally across processes.
+    """Grade many ``(responses, gold)`` pairs, in order, in ``processes`` worker processes.
 
-    Worker processes run grading in their main thread, where the time bound works; each
-    keeps its own parse cache, so questions are sent in contiguous chunks. ``store``: a
-    folder for the on-disk :class:`ParseStore` shared across calls (a sweep's cache dir).
+    The workers are supervised (:mod:`east.grading_pool`): an operation that outlives its
+    bound in C code, where ``SIGALRM`` cannot stop it, is killed, and the answers it
+    touched are compared by string only and counted in ``QuestionGrade.timeouts``. Each
+    worker keeps its own parse cache for the life of the process. ``store``: a folder for
+    the on-disk :class:`ParseStore` shared across calls (a sweep's cache dir).
     """
+    from east import grading_pool
+
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown extraction fallback {fallback!r}; allowed: {', '.join(FALLBACKS)}")
+    if mode not in CLUSTER_MODES:
+        raise ValueError(f"unknown cluster mode {mode!r}; allowed: {', '.join(CLUSTER_MODES)}")
     items = list(items)
-    store = None if store is None else str(store)
-    if processes == 1 or len(items) <= chunk_size:
-        return _grade_chunk((items, mode, timeout_s, fallback, store))
-    import multiprocessing as mp
-
-    chunks = [
-        (items[i : i + chunk_size], mode, timeout_s, fallback, store)
-        for i in range(0, len(items), chunk_size)
-    ]
-    # forkserver/spawn: safe even when the parent holds threads (torch, tokenizers).
-    ctx = mp.get_context("forkserver")
-    with ctx.Pool(processes) as pool:
-        out: list[QuestionGrade] = []
-        for part in pool.imap(_grade_chunk, chunks):
-            out.extend(part)
-    return out
+    if not items:
+        return []
+    settings = grading_pool.Settings(mode, float(timeout_s), fallback, None if store is None else str(store))
+    return grading_pool.pool(processes).grade(items, settings, chunk_size)

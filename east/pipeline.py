@@ -139,6 +139,7 @@ class Pipeline:
                                      processes=g["processes"], timeout_s=g["timeout_s"], fallback=g["fallback"],
                                      store=self.cache.root)  # fmt: skip
             write_jsonl(d / "grades.jsonl", [{"id": r["id"], **gr.to_dict()} for r, gr in zip(rows, grades)])
+            write_json(d / "stats.json", _grading_stats(grades, g["timeout_s"], "grade"))
 
         config = {"mode": g["mode"], "timeout_s": g["timeout_s"], "fallback": g["fallback"]}
         return self._stage("grade", config, [samples], build, label=_round_label("grade", round_))
@@ -229,14 +230,16 @@ class Pipeline:
         prompts = self._prompts(path, problems)
         config = {"test": test_name, "questions": self._problems_digest(problems), "max_new_tokens": e["max_new_tokens"],
                   "prompts": prompts.digest, "sampler": self.sampler_key, "fallback": g["fallback"],
-                  "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
+                  "timeout_s": g["timeout_s"], "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
             from east.evaluation import evaluate
 
             result = evaluate(self.sampler, path, prompts.token_ids, problems, max_new_tokens=e["max_new_tokens"],
-                              processes=g["processes"], fallback=g["fallback"], store=self.cache.root)  # fmt: skip
+                              processes=g["processes"], fallback=g["fallback"], timeout_s=g["timeout_s"],
+                              store=self.cache.root)  # fmt: skip
             write_jsonl(d / "predictions.jsonl", result.pop("records"))
+            _warn_timeouts(result["grading_timeouts"], result["n"], g["timeout_s"], label)
             write_json(d / "metrics.json", result)
 
         return self._stage("evaluate", config, [model], build, label=label)
@@ -249,11 +252,13 @@ class Pipeline:
         params = SamplingParams(n=e["samples"], temperature=s["temperature"], top_p=s["top_p"],
                                 max_new_tokens=e["max_new_tokens"])  # fmt: skip
         g = self.cfg["grading"]
+        g_timeout = g["timeout_s"]
         path = self.model_path(model)
         prompts = self._prompts(path, problems)
         config = {"test": test_name, "questions": self._problems_digest(problems), "params": params.__dict__,
                   "prompts": prompts.digest, "sampler": self.sampler_key, "seed": self.cfg["seed"],
-                  "pass_k": e["pass_k"], "fallback": g["fallback"], "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
+                  "pass_k": e["pass_k"], "fallback": g["fallback"], "timeout_s": g_timeout,
+                  "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
             from east.answers import grade_questions
@@ -264,8 +269,10 @@ class Pipeline:
             ]
             responses = self.sampler.generate(path, prompts.token_ids, seeds, params)
             grades = grade_questions([(r, p.gold) for r, p in zip(responses, problems)], processes=g["processes"],
-                                     fallback=g["fallback"], store=self.cache.root)  # fmt: skip
-            metrics = {f"maj@{params.n}": float(np.mean([majority_correct(g) for g in grades]))}
+                                     fallback=g["fallback"], timeout_s=g_timeout, store=self.cache.root)  # fmt: skip
+            metrics = {f"maj@{params.n}": float(np.mean([majority_correct(g) for g in grades])),
+                       "grading_timeouts": sum(g.timeouts for g in grades)}  # fmt: skip
+            _warn_timeouts(metrics["grading_timeouts"], sum(g.n for g in grades), g_timeout, label)
             for k in e["pass_k"]:
                 metrics[f"pass@{k}"] = float(np.mean([pass_at_k(g.n, sum(g.correct), k) for g in grades]))
             write_json(d / "metrics.json", metrics)
@@ -280,6 +287,34 @@ def model_path(artifact: Path) -> str:
     if info.exists():
         return read_json(info)["path"]
     return str(artifact / "model")
+
+
+def _grading_stats(grades: list[Any], timeout_s: float, stage: str) -> dict[str, Any]:
+    responses = sum(g.n for g in grades)
+    timeouts = sum(g.timeouts for g in grades)
+    _warn_timeouts(timeouts, responses, timeout_s, stage)
+    return {"questions": len(grades), "responses": responses, "timeouts": timeouts, "timeout_s": timeout_s}
+
+
+def _warn_timeouts(timeouts: int, responses: int, timeout_s: float, stage: str) -> None:
+    if timeouts:
+        log.warning(
+            "%s: %d of %d responses hit the grading bound (%.3g s per parse or comparison, or too "
+            "large to evaluate) and were compared by string only; raise grading.timeout_s to "
+            "grade them symbolically", stage, timeouts, responses, timeout_s,
+        )  # fmt: skip
+
+
+def _grading_timeouts(stages: dict[str, StageResult]) -> dict[str, int | None]:
+    """Responses cut by the grading bound, per grading stage of this run (None: an artifact
+    written before the count existed)."""
+    out: dict[str, int | None] = {}
+    for label, stage in stages.items():
+        if stage.name == "grade":
+            out[label] = read_json(stage.path / "stats.json").get("timeouts")
+        elif stage.name in ("evaluate", "evaluate_sampled"):
+            out[label] = read_json(stage.path / "metrics.json").get("grading_timeouts")
+    return out
 
 
 def _round_label(stage: str, round_: int) -> str:
@@ -536,7 +571,10 @@ def _run(c: dict[str, Any], logger: Any) -> dict[str, Any]:
             "skipped_rows": splits.skipped,
         },
         "train": train_info,
-        "grading": {k: c["grading"][k] for k in ("mode", "fallback", "timeout_s")},
+        "grading": {
+            **{k: c["grading"][k] for k in ("mode", "fallback", "timeout_s")},
+            "timeouts": _grading_timeouts(pipe.stages),
+        },
         "eval": evals,
         "rounds": per_round,
         "paper": c.get("paper_reference"),

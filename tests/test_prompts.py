@@ -66,7 +66,7 @@ def test_sample_and_evaluate_keys_carry_the_prompt_digest(monkeypatch, llama3_di
         cfg = {"paths": {"cache_dir": str(tmp_path)}, "model": {"system_prompt": SYSTEM, "chat_template": template,
                "dtype": "float32"}, "sampler": {"name": "hf", "batch_size": 8}, "seed": 0,
                "sampling": {"n": 1, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 1},
-               "evaluation": {"max_new_tokens": 1}, "grading": {"processes": 1, "fallback": "last_number"}}  # fmt: skip
+               "evaluation": {"max_new_tokens": 1}, "grading": {"processes": 1, "fallback": "last_number", "timeout_s": 1.0}}  # fmt: skip
         pipe = Pipeline(cfg, NullLogger())
         model = types.SimpleNamespace(path=tmp_path / "none", key="base")
         pipe.model_path = lambda _: str(llama3_dir)
