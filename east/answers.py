@@ -233,12 +233,19 @@ def extract_answer(text: str | None, fallback: Fallback = "none") -> str | None:
     return extract_answer_with_source(text, fallback)[0]
 
 
+#: Every GSM8K gold (train and test) is an integer, decimal or integer fraction.
+_GSM8K_GOLD_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
+
+
 def gold_from_gsm8k(solution: str) -> str:
-    """GSM8K gold answer: the text after ``####`` with thousands separators removed."""
+    """GSM8K gold answer: the number after ``####`` with thousands separators removed."""
     m = _GSM8K_RE.findall(solution)
     if not m or not m[-1].strip():
         raise ValueError(f"GSM8K solution has no '#### <answer>' line: {solution[-120:]!r}")
-    return m[-1].strip().replace(",", "")
+    gold = m[-1].strip().replace(",", "")
+    if not _GSM8K_GOLD_RE.fullmatch(gold):
+        raise ValueError(f"GSM8K gold after '####' is not a number: {gold[:60]!r}")
+    return gold
 
 
 def gold_from_math(solution: str) -> str:

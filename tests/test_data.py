@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -71,7 +72,7 @@ def _write(path, lines):
             ['{"question": "q", "answer": "no marker"}'],
             r"train.jsonl:1: GSM8K solution has no '#### <answer>'",
         ),
-        (['["a list"]'], r"train.jsonl:1: expected a JSON object"),
+        (['["a list"]'], r"train.jsonl:1: not a JSON object"),
         ([""], r"train.jsonl: the file is empty"),
     ],
 )
@@ -82,22 +83,72 @@ def test_bad_files_name_the_file_and_line(tmp_path, lines, message):
         load_splits(_dataset_cfg("gsm8k", path=tmp_path))
 
 
-def test_skip_mode_counts_bad_rows(tmp_path, caplog):
-    rows = [
-        '{"question": "q1", "answer": "#### 1"}',
-        "{bad",
-        '{"answer": "#### 2"}',
-        '{"question": "q3", "answer": "#### 3"}',
-    ]
-    _write(tmp_path / "train.jsonl", rows)
-    _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "#### 1"}'])
-    with pytest.raises(DataError, match="malformed JSON"):  # malformed JSON is never skipped
-        load_splits(_dataset_cfg("gsm8k", path=tmp_path, on_bad_row="skip"))
-    _write(tmp_path / "train.jsonl", [r for r in rows if r != "{bad"])
-    splits = load_splits(_dataset_cfg("gsm8k", path=tmp_path, on_bad_row="skip"))
+# Every row-level fault, as a line of a GSM8K-format train file: (name, raw bytes, kind).
+ROW_FAULTS = [
+    ("malformed JSON", b"{not json", "malformed JSON"),
+    ("a list, not an object", b'["a list"]', "not a JSON object"),
+    ("a number, not an object", b"3", "not a JSON object"),
+    ("invalid UTF-8", b'{"question": "q\xff", "answer": "#### 1"}', "not valid UTF-8"),
+    ("missing question", b'{"answer": "#### 2"}', "missing field 'question'"),
+    ("empty question", b'{"question": " ", "answer": "#### 2"}', "question field 'question' is empty"),
+    (
+        "question is a list",
+        b'{"question": ["q"], "answer": "#### 2"}',
+        "question field 'question' is not text",
+    ),
+    (
+        "no #### marker",
+        b'{"question": "q", "answer": "no marker"}',
+        "GSM8K solution has no '#### <answer>' line",
+    ),
+    (
+        "gold is a word",
+        b'{"question": "q", "answer": "#### eighteen"}',
+        "GSM8K gold after '####' is not a number",
+    ),
+    ("answer is a dict", b'{"question": "q", "answer": {"a": 1}}', "answer field 'answer' is not text"),
+    ("duplicate id", b'{"question": "q9", "answer": "#### 9", "id": "a"}', "duplicate id"),
+]
+_GOOD = [
+    b'{"question": "q1", "answer": "#### 1", "id": "a"}',
+    b'{"question": "q3", "answer": "#### 3", "id": "b"}',
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "kind"), ROW_FAULTS, ids=[f[0] for f in ROW_FAULTS])
+def test_every_row_fault_is_a_file_line_error_or_a_counted_skip(tmp_path, caplog, name, raw, kind):
+    (tmp_path / "train.jsonl").write_bytes(b"\n".join([_GOOD[0], raw, _GOOD[1]]) + b"\n")
+    _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "#### 1", "id": "t"}'])
+    with pytest.raises(DataError, match=rf"train.jsonl:2: {re.escape(kind)}"):
+        load_splits(_dataset_cfg("gsm8k", path=tmp_path, id_field="id"))
+    splits = load_splits(_dataset_cfg("gsm8k", path=tmp_path, id_field="id", on_bad_row="skip"))
     assert [p.gold for p in splits.train] == ["1", "3"]
-    assert splits.skipped["train"] == {"missing field 'question'": 1}
+    assert splits.skipped["train"] == {kind: 1}
     assert "skipped 1 bad rows" in caplog.text
+
+
+def test_a_byte_order_mark_is_not_a_fault(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + _GOOD[0] + b"\n\xef\xbb\xbf" + _GOOD[1] + b"\n")
+    _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "#### 1"}'])
+    splits = load_splits(_dataset_cfg("gsm8k", path=tmp_path))
+    assert [p.gold for p in splits.train] == ["1", "3"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [("[3]", "is not text"), ('{"a": 3}', "is not text"), ("true", "is not text"), ('"\\\\boxed{3"', "no gold answer"),
+     ('""', "is empty"), ("null", "is not text")],
+)  # fmt: skip
+def test_field_golds_must_be_text_or_numbers(tmp_path, answer, kind):
+    _write(tmp_path / "train.jsonl", [f'{{"question": "q", "answer": {answer}}}'])
+    _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "3"}'])
+    with pytest.raises(DataError, match=rf"train.jsonl:1: .*{re.escape(kind)}"):
+        load_splits(_dataset_cfg("jsonl", path=tmp_path))
+    _write(
+        tmp_path / "train.jsonl",
+        ['{"question": "q", "answer": 3}', '{"question": "r", "answer": "\\\\boxed{4}"}'],
+    )
+    assert [p.gold for p in load_splits(_dataset_cfg("jsonl", path=tmp_path)).train] == ["3", "4"]
 
 
 def test_bring_your_own_jsonl(tmp_path):

@@ -46,28 +46,51 @@ class SourceSpec:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every non-blank line; errors name the file and line."""
+class RowError(ValueError):
+    """One row that cannot be used; ``reason`` is its short, countable kind."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}{': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+    """(line number, record or the :class:`RowError` that line is) for every non-blank line.
+
+    A byte-order mark is ignored; a line that is not UTF-8, not JSON or not a JSON object is
+    yielded as an error for the caller to raise or count. A missing or empty file raises.
+    """
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a .jsonl file (or a folder holding {{split}}.jsonl)")
     empty = True
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                empty = False
+                yield lineno, RowError("not valid UTF-8", f"byte {raw[e.start]:#04x} at column {e.start + 1}")
+                continue
+            line = line.lstrip("\ufeff")
             if not line.strip():
                 continue
             empty = False
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                yield lineno, RowError("malformed JSON", e.msg)
+                continue
             if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                yield lineno, RowError("not a JSON object", f"got {type(record).__name__}")
+                continue
             yield lineno, record
     if empty:
         raise DataError(f"{path}: the file is empty")
 
 
-def _rows(spec: SourceSpec) -> Iterable[tuple[str, int, dict[str, Any]]]:
+def _rows(spec: SourceSpec) -> Iterable[tuple[str, int, dict[str, Any] | RowError]]:
     if spec.path:
         path = Path(spec.path).expanduser()
         if path.is_dir():
@@ -85,48 +108,81 @@ def _rows(spec: SourceSpec) -> Iterable[tuple[str, int, dict[str, Any]]]:
         yield f"{spec.hub_id}[{split}]", i + 1, dict(record)
 
 
+def _text(record: dict[str, Any], key: str, what: str) -> str:
+    """A field that must hold text (or a number, for answers)."""
+    if key not in record:
+        raise RowError(f"missing field {key!r}", f"have: {', '.join(sorted(record))}")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RowError(
+            f"{what} field {key!r} is not text", f"got {type(value).__name__}: {str(value)[:60]!r}"
+        )
+    text = str(value).strip()
+    if not text:
+        raise RowError(f"{what} field {key!r} is empty")
+    return text
+
+
 def _gold(spec: SourceSpec, record: dict[str, Any]) -> str:
-    if spec.gold_format == "gsm8k":
-        return gold_from_gsm8k(str(record[spec.answer_field or "answer"]))
-    if spec.gold_format == "boxed":
-        return gold_from_math(str(record[spec.solution_field or "solution"]))
+    try:
+        if spec.gold_format == "gsm8k":
+            return gold_from_gsm8k(_text(record, spec.answer_field or "answer", "answer"))
+        if spec.gold_format == "boxed":
+            return gold_from_math(_text(record, spec.solution_field or "solution", "solution"))
+    except RowError:
+        raise
+    except ValueError as e:
+        reason, _, detail = str(e).partition(": ")
+        raise RowError(reason, detail) from None
     if spec.gold_format == "field":
-        value = record[spec.answer_field or "answer"]
-        gold = str(value).strip() if value is not None else ""
-        if not gold:
-            raise ValueError("empty answer field")
-        return extract_answer(gold) or gold if "\\boxed" in gold else gold
+        gold = _text(record, spec.answer_field or "answer", "answer")
+        if "\\boxed" in gold or "\\fbox" in gold:
+            boxed = extract_answer(gold)
+            if boxed is None:
+                raise RowError("no gold answer", f"unbalanced \\boxed{{}} in {gold[:60]!r}")
+            return boxed
+        return gold
     raise ValueError(f"unknown gold_format {spec.gold_format!r}; allowed: {', '.join(GOLD_FORMATS)}")
 
 
+def _row_id(spec: SourceSpec, record: dict[str, Any], lineno: int) -> str:
+    if not spec.id_field:
+        return f"{spec.name}-{spec.split}-{lineno}"
+    return _text(record, spec.id_field, "id")
+
+
 def load_problems(spec: SourceSpec) -> list[Problem]:
+    """The problems of one split. Every row-level problem (bad bytes, bad JSON, a missing or
+    non-text field, no extractable gold, a duplicate id) is a ``file:line`` error, or with
+    ``on_bad_row="skip"`` a skip counted by kind in ``spec.skipped`` and the log."""
     if spec.on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {spec.on_bad_row!r}")
+    if spec.gold_format not in GOLD_FORMATS:
+        raise ValueError(f"unknown gold_format {spec.gold_format!r}; allowed: {', '.join(GOLD_FORMATS)}")
     problems: list[Problem] = []
     skipped: dict[str, int] = {}
+    seen: dict[str, int] = {}  # id -> line it was first seen on
     for where, lineno, record in _rows(spec):
         try:
-            question = record[spec.question_field]
-            if not isinstance(question, str) or not question.strip():
-                raise ValueError(f"field {spec.question_field!r} is empty or not text")
+            if isinstance(record, RowError):
+                raise record
+            question = _text(record, spec.question_field, "question")
             gold = _gold(spec, record)
             solution = record.get(spec.solution_field) if spec.solution_field else None
-            pid = record.get(spec.id_field) if spec.id_field else None
-        except KeyError as e:
-            reason = f"missing field {e.args[0]!r}"
-        except ValueError as e:
-            reason = str(e).split(":")[0]
+            pid = _row_id(spec, record, lineno)
+            if pid in seen:
+                raise RowError("duplicate id", f"{pid!r} is also on line {seen[pid]}")
+        except RowError as e:
             if spec.on_bad_row == "error":
-                raise DataError(f"{where}:{lineno}: {e}") from None
-        else:
-            problems.append(Problem(id=str(pid or f"{spec.name}-{spec.split}-{lineno}"), question=question.strip(),
-                                    gold=gold, solution=solution))  # fmt: skip
-            if spec.limit is not None and len(problems) >= spec.limit:
-                break
+                raise DataError(
+                    f"{where}:{lineno}: {e} (dataset.on_bad_row=skip skips and counts such rows)"
+                ) from None
+            skipped[e.reason] = skipped.get(e.reason, 0) + 1
             continue
-        if spec.on_bad_row == "error":
-            raise DataError(f"{where}:{lineno}: {reason} (have: {', '.join(sorted(record))})")
-        skipped[reason] = skipped.get(reason, 0) + 1
+        seen[pid] = lineno
+        problems.append(Problem(id=pid, question=question, gold=gold, solution=solution))
+        if spec.limit is not None and len(problems) >= spec.limit:
+            break
     if skipped:
         log.warning("%s: skipped %d bad rows: %s", spec.name, sum(skipped.values()), skipped)
     spec.skipped = skipped
