@@ -5,10 +5,14 @@ python run.py objective=dpo east.sharpness=2
 python run.py -m objective=sft,dpo,kto east.sharpness=0,1,2
 """
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from east.config import register_configs
+from east.errors import UserError
 from east.pipeline import run
 
 register_configs()
@@ -16,7 +20,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except UserError as e:  # a config value or a data row: one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(2)
     # A scalar for Hydra sweepers: mean accuracy (trained, or base for evaluation-only runs).
     accuracies = [e.get("trained", e.get("base")) for e in results["eval"].values()]
     return sum(accuracies) / len(accuracies) if accuracies else None

@@ -9,13 +9,18 @@ work starts, naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from east.errors import ConfigError
 
 OBJECTIVES = ("sft", "dpo", "kto")
 SAMPLER_NAMES = ("hf", "vllm")
@@ -191,59 +196,206 @@ def register_configs() -> None:
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"invalid config {key}={value!r}: {allowed}")
+    raise ConfigError(f"invalid config {key}={value!r}: {allowed}")
+
+
+def _get(c: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        c = c[part]
+    return c
+
+
+#: Range checks: key -> (kind, low, high). Integers are whole numbers (not bools); reals are
+#: finite. ``None`` bounds are open; an optional key may also be null.
+_INTS_AT_LEAST_1 = (
+    "sampling.n", "sampling.max_new_tokens", "evaluation.max_new_tokens", "sampler.batch_size",
+    "sampler.tensor_parallel_size", "grading.processes", "rounds", "distributed.num_processes",
+    "objective.sft_k", "objective.global_batch_size",
+)  # fmt: skip
+_OPTIONAL_INTS_AT_LEAST_1 = ("dataset.max_train", "dataset.max_test")
+_INTS_AT_LEAST_0 = ("sampler.entropy_top_k", "evaluation.samples")
+_TINY_INTS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "warmup_steps",
+              "warmup_batch_size")  # fmt: skip
+_ARITH_INTS = ("steps", "max_number", "warmup_size", "train_size", "test_size")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+#: A Hugging Face hub id: "name" or "organisation/name".
+_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _int(key: str, value: Any, low: int, high: int | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    allowed = f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    if optional:
+        allowed += " (or null for all)"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        _fail(key, value, allowed)
+
+
+def _real(key: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}]" if math.isfinite(high) else (
+            f"> {low}" if open_low else f">= {low}")  # fmt: skip
+        _fail(key, value, f"must be a finite number {interval}".replace("[", "in [").replace("(", "in ("))
+
+
+def _choice(key: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        _fail(key, value, f"allowed: {', '.join(allowed)}")
+
+
+def unknown_keys(c: Any, schema: Any = None, prefix: str = "") -> list[str]:
+    """Keys of ``c`` that the dataclass ``schema`` (default: :class:`Config`) does not have.
+
+    A ``+key=value`` override adds keys that no schema checks (Hydra allows it on purpose),
+    so ``+east.sharpnes=2`` would otherwise be silently ignored. Free-form fields (dicts
+    such as ``objective.trainer``) are not descended into."""
+    schema = schema or Config
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out: list[str] = []
+    for key, value in c.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            out.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+            continue
+        sub = _dataclass_of(fields[key].type)
+        if sub is not None and isinstance(value, dict):
+            out += unknown_keys(value, sub, f"{prefix}{key}.")
+    return out
+
+
+def _dataclass_of(tp: Any) -> Any:
+    if isinstance(tp, str):
+        tp = globals().get(tp.split(" |")[0].strip())
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _local_path_problem(value: str) -> str | None:
+    """Why ``value`` is neither an existing local path nor a hub id, or None."""
+    path = Path(value).expanduser()
+    if path.exists():
+        return None
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or not _HUB_ID_RE.fullmatch(value):
+        return "no such file or folder (and not a hub id such as org/name)"
+    return None
 
 
 def validate(cfg: DictConfig | dict[str, Any]) -> None:
-    """Value checks that a type cannot express. Raises ValueError naming the key."""
+    """Every value the run depends on, checked before any stage runs. Raises
+    :class:`~east.errors.ConfigError` naming the key, the value and what is allowed."""
     from east.answers import FALLBACKS
     from east.weighting import MAPPINGS
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    if c["objective"]["name"] not in OBJECTIVES:
-        _fail("objective.name", c["objective"]["name"], f"allowed: {', '.join(OBJECTIVES)}")
-    if c["east"]["mapping"] not in MAPPINGS:
-        _fail("east.mapping", c["east"]["mapping"], f"allowed: {', '.join(sorted(MAPPINGS))}")
-    a = c["east"]["sharpness"]
-    if not isinstance(a, int | float) or not math.isfinite(a):
-        _fail("east.sharpness", a, "must be a finite number")
-    s = c["sampling"]
-    if s["n"] < 1:
-        _fail("sampling.n", s["n"], "must be >= 1")
-    if s["temperature"] < 0:
-        _fail("sampling.temperature", s["temperature"], "must be >= 0")
-    if not 0 < s["top_p"] <= 1:
-        _fail("sampling.top_p", s["top_p"], "must be in (0, 1]")
-    for key in ("sampling.max_new_tokens", "evaluation.max_new_tokens"):
-        group, name = key.split(".")
-        if c[group][name] < 1:
-            _fail(key, c[group][name], "must be >= 1")
-    if c["sampler"]["name"] not in SAMPLER_NAMES:
-        _fail("sampler.name", c["sampler"]["name"], f"allowed: {', '.join(SAMPLER_NAMES)}")
-    if c["grading"]["mode"] not in GRADING_MODES:
-        _fail("grading.mode", c["grading"]["mode"], f"allowed: {', '.join(GRADING_MODES)}")
-    if c["grading"]["fallback"] not in FALLBACKS:
-        _fail("grading.fallback", c["grading"]["fallback"], f"allowed: {', '.join(FALLBACKS)}")
-    if c["grading"]["processes"] < 1:
-        _fail("grading.processes", c["grading"]["processes"], "must be >= 1")
-    if c["rounds"] < 1:
-        _fail("rounds", c["rounds"], "must be >= 1")
+    unknown = unknown_keys(c)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)}. A '+' override adds keys that the schema "
+            "(east/config.py) does not have, and nothing would read them"
+        )
+    _choice("objective.name", c["objective"]["name"], OBJECTIVES)
+    _choice("east.mapping", c["east"]["mapping"], sorted(MAPPINGS))
+    _real("east.sharpness", c["east"]["sharpness"], -math.inf)
+    for key in _INTS_AT_LEAST_1:
+        _int(key, _get(c, key), 1)
+    for key in _OPTIONAL_INTS_AT_LEAST_1:
+        _int(key, _get(c, key), 1, optional=True)
+    for key in _INTS_AT_LEAST_0:
+        _int(key, _get(c, key), 0)
+    _int("seed", c["seed"], 0, MAX_SEED)
+    _real("sampling.temperature", c["sampling"]["temperature"], 0.0)
+    _real("sampling.top_p", c["sampling"]["top_p"], 0.0, 1.0, open_low=True)
+    _real("sampler.gpu_memory_utilization", c["sampler"]["gpu_memory_utilization"], 0.0, 1.0, open_low=True)
+    _real("grading.timeout_s", c["grading"]["timeout_s"], 0.0, open_low=True)
+    _choice("sampler.name", c["sampler"]["name"], SAMPLER_NAMES)
+    _choice("grading.mode", c["grading"]["mode"], GRADING_MODES)
+    _choice("grading.fallback", c["grading"]["fallback"], FALLBACKS)
     e = c["evaluation"]
-    if e["samples"] < 0:
-        _fail("evaluation.samples", e["samples"], "must be >= 0")
-    if e["samples"] and any(not 1 <= k <= e["samples"] for k in e["pass_k"]):
+    if e["samples"] and any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= e["samples"]
+                            for k in e["pass_k"]):  # fmt: skip
         _fail("evaluation.pass_k", e["pass_k"], f"each k must be in 1..evaluation.samples ({e['samples']})")
-    if c["distributed"]["num_processes"] < 1:
-        _fail("distributed.num_processes", c["distributed"]["num_processes"], "must be >= 1")
-    if c["objective"]["sft_k"] < 1:
-        _fail("objective.sft_k", c["objective"]["sft_k"], "must be >= 1")
-    if c["model"]["tiny"] is None and not c["model"]["path"] and not c["model"]["gguf"]:
-        _fail("model.path", c["model"]["path"], "a hub id or local folder is required for non-tiny models")
+    _validate_model(c["model"])
+    _validate_dataset(c["dataset"])
+    accelerate = c["distributed"]["accelerate_config"]
+    if accelerate:
+        path = (
+            Path(accelerate)
+            if Path(accelerate).is_absolute()
+            else Path(__file__).resolve().parents[1] / accelerate
+        )
+        if not path.is_file():
+            _fail("distributed.accelerate_config", accelerate, f"no such file ({path})")
+    _check_trainer_settings(c)
+    batch_layout(c)
+
+
+def _validate_model(m: dict[str, Any]) -> None:
     from east.prompts import resolve_chat_template
 
-    resolve_chat_template(c["model"]["chat_template"])
-    _check_trainer_keys(c)
-    batch_layout(c)
+    _choice("model.dtype", m["dtype"], DTYPES)
+    if m["tiny"] is not None and (m["path"] or m["gguf"]):
+        _fail("model.path", m["path"] or m["gguf"], "model=tiny builds its own weights and reads no path; for "
+              "real weights choose a model config (model=llama-3.2-1b model.path=...)")  # fmt: skip
+    if m["tiny"] is not None:
+        for key in _TINY_INTS:
+            _int(f"model.tiny.{key}", m["tiny"][key], 1)
+        _int("model.tiny.seed", m["tiny"]["seed"], 0, MAX_SEED)
+        _real("model.tiny.warmup_lr", m["tiny"]["warmup_lr"], 0.0, open_low=True)
+        if m["tiny"]["hidden_size"] % m["tiny"]["num_heads"]:
+            _fail("model.tiny.num_heads", m["tiny"]["num_heads"], "must divide model.tiny.hidden_size")
+    elif not m["path"] and not m["gguf"]:
+        _fail("model.path", m["path"], "a hub id or local folder is required for non-tiny models")
+    if m["path"]:
+        problem = _local_path_problem(m["path"])
+        if problem:
+            _fail("model.path", m["path"], problem)
+    try:
+        resolve_chat_template(m["chat_template"])
+    except ValueError as err:
+        raise ConfigError(f"invalid config model.chat_template: {err}") from None
+
+
+def _validate_dataset(d: dict[str, Any]) -> None:
+    from east.data.loaders import GOLD_FORMATS
+
+    _choice("dataset.on_bad_row", d["on_bad_row"], ("error", "skip"))
+    _choice("dataset.gold_format", d["gold_format"], GOLD_FORMATS)
+    for name, override in (d["tests"] or {}).items():
+        if override and override.get("gold_format") is not None:
+            _choice(f"dataset.tests.{name}.gold_format", override["gold_format"], GOLD_FORMATS)
+    if d["test_sets"] is not None:
+        unknown = sorted(set(d["test_sets"]) - set(d["tests"] or {}))
+        if unknown or not d["test_sets"]:
+            _fail(
+                "dataset.test_sets",
+                d["test_sets"],
+                f"allowed: a non-empty subset of {', '.join(d['tests'] or {})}",
+            )
+    if d["path"] and not Path(d["path"]).expanduser().exists():
+        _fail(
+            "dataset.path",
+            d["path"],
+            "no such file or folder (set paths.data_dir or dataset.path to local copies)",
+        )
+    if d["name"] != "arith" and not d["path"] and not d["hub_id"]:
+        _fail("dataset.path", d["path"], "a local path or dataset.hub_id is required")
+    if d["arith"] is not None:
+        for key in _ARITH_INTS:
+            _int(f"dataset.arith.{key}", d["arith"][key], 1)
+        _int("dataset.arith.seed", d["arith"]["seed"], 0, MAX_SEED)
 
 
 def batch_layout(c: dict[str, Any]) -> dict[str, int]:
@@ -257,7 +409,7 @@ def batch_layout(c: dict[str, Any]) -> dict[str, int]:
     name = c["objective"]["name"]
     settings = trainer_settings(c)
     if "gradient_accumulation_steps" in settings:
-        raise ValueError(
+        raise ConfigError(
             "invalid config: gradient_accumulation_steps is derived from objective.global_batch_size "
             "(global / (per-device batch x processes)); set objective.global_batch_size instead"
         )
@@ -267,12 +419,12 @@ def batch_layout(c: dict[str, Any]) -> dict[str, int]:
     processes = c["distributed"]["num_processes"]
     total = c["objective"]["global_batch_size"]
     if total < 1 or per_device < 1 or total % (per_device * processes):
-        raise ValueError(
+        raise ConfigError(
             f"invalid config objective.global_batch_size={total}: it must be a multiple of "
             f"per_device_train_batch_size ({per_device}) x distributed.num_processes ({processes})"
         )
     if name == "kto" and settings.get("loss_type", "kto") == "kto" and per_device < 2:
-        raise ValueError(
+        raise ConfigError(
             f"invalid config: KTO's loss_type 'kto' estimates its KL term within a batch, so "
             f"per_device_train_batch_size must be >= 2 (got {per_device})"
         )
@@ -281,24 +433,102 @@ def batch_layout(c: dict[str, Any]) -> dict[str, int]:
 
 
 def trainer_settings(c: dict[str, Any]) -> dict[str, Any]:
-    """The TRL settings of the run's objective: the objective's, then the model's overrides
-    for that objective on top (the command line overrides either)."""
+    """The TRL settings of the run's objective. Precedence, lowest first: the objective's
+    ``objective.trainer``, then the model's ``model.trainer_overrides.<objective>``, then
+    whatever the command line set (see :func:`apply_command_line_precedence`)."""
     name = c["objective"]["name"]
     return {**c["objective"]["trainer"], **((c["model"]["trainer_overrides"] or {}).get(name) or {})}
 
 
-def _check_trainer_keys(c: dict[str, Any]) -> None:
+_TRAINER_OVERRIDE_RE = re.compile(r"^[+~]{0,2}objective\.trainer\.([A-Za-z_][\w]*)=")
+
+
+def apply_command_line_precedence(c: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Make ``objective.trainer.KEY=...`` given on the command line win over the model's
+    ``trainer_overrides`` for KEY (which otherwise sit on top of the objective's settings).
+    Returns the keys it moved, for the log."""
+    name = c["objective"]["name"]
+    model = (c["model"]["trainer_overrides"] or {}).get(name) or {}
+    moved = []
+    for override in overrides:
+        m = _TRAINER_OVERRIDE_RE.match(override)
+        if m and m.group(1) in model:
+            model.pop(m.group(1))
+            moved.append(m.group(1))
+    return moved
+
+
+def _check_trainer_settings(c: dict[str, Any]) -> None:
     from east.training import TRAINERS
 
     name = c["objective"]["name"]
-    fields = {f.name for f in dataclasses.fields(TRAINERS[name][1])}
+    config_cls = TRAINERS[name][1]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     sources = {"objective.trainer": c["objective"]["trainer"],
                f"model.trainer_overrides.{name}": (c["model"]["trainer_overrides"] or {}).get(name) or {}}  # fmt: skip
     for where, settings in sources.items():
-        unknown = sorted(set(settings) - fields)
+        unknown = sorted(set(settings) - set(fields))
         if unknown:
-            close = sorted(k for k in fields if any(u[:5] in k for u in unknown))[:5]
-            raise ValueError(
-                f"invalid config {where}: unknown {TRAINERS[name][1].__name__} key(s) {unknown}"
+            close = sorted({m for u in unknown for m in difflib.get_close_matches(u, list(fields), n=3)})
+            raise ConfigError(
+                f"invalid config {where}: unknown {config_cls.__name__} key(s) {unknown}"
                 + (f"; did you mean one of {close}?" if close else "")
             )
+        for key, value in settings.items():
+            expected = _type_of(config_cls, fields[key])
+            if expected is not None and not _type_ok(value, expected):
+                _fail(f"{where}.{key}", value, f"{config_cls.__name__}.{key} takes {_type_name(expected)}")
+            if key in ("learning_rate", "num_train_epochs"):
+                _real(f"{where}.{key}", value, 0.0, open_low=True)
+            elif key == "per_device_train_batch_size":
+                _int(f"{where}.{key}", value, 1)
+
+
+def _type_of(cls: Any, f: Any) -> Any:
+    if not isinstance(f.type, str):
+        return f.type
+    try:
+        return typing.get_type_hints(cls)[f.name]
+    except Exception:  # an annotation this Python cannot resolve: not checked
+        return None
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    import enum
+    import types
+
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # Union[SchedulerType, str]: a string names a member
+            return any(_type_ok(value, e) for e in enums)
+        return any(_type_ok(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp) or value in {m.value for m in tp}
+    if origin in (list, dict, tuple):
+        return isinstance(value, list | tuple) if origin in (list, tuple) else isinstance(value, dict)
+    return True  # anything richer is left to TRL
+
+
+def _type_name(tp: Any) -> str:
+    import enum
+
+    enums = [a for a in (tp, *typing.get_args(tp)) if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums:
+        return "one of " + ", ".join(str(m.value) for m in enums[0])
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from east.cache import StageCache, StageResult, read_json, read_jsonl, write_json, write_jsonl
-from east.config import batch_layout, trainer_settings, validate
+from east.config import apply_command_line_precedence, batch_layout, trainer_settings, validate
 from east.data import Problem, Splits, load_splits
 from east.prompts import Prompts, assistant, build_prompts, messages
 from east.sampling import SamplingParams, get_sampler, sample_seed
@@ -204,6 +204,8 @@ class Pipeline:
         # The process count is part of the key: with it, float reductions change.
         config = {"objective": name, "trainer": trainer_cfg, "seed": c["seed"], "processes": layout["processes"],
                   "dtype": c["model"]["dtype"], "chat_template": c["model"]["chat_template"]}  # fmt: skip
+        if layout["processes"] > 1:  # DDP, FSDP and ZeRO-3 reduce in different orders
+            config["accelerate_config"] = c["distributed"]["accelerate_config"]
 
         def build(d: Path) -> None:
             spec = {
@@ -470,8 +472,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment from a composed config; return (and write) its results."""
     import hydra.utils
 
-    validate(cfg)
     c = OmegaConf.to_container(cfg, resolve=True)
+    for key in apply_command_line_precedence(c, _command_line_overrides()):
+        log.info("objective.trainer.%s from the command line wins over model.trainer_overrides", key)
+    validate(c)
     out_dir = Path(c["paths"]["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = hydra.utils.instantiate(cfg.logger)
@@ -496,6 +500,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.finish()
     _print_summary(results)
     return results
+
+
+def _command_line_overrides() -> list[str]:
+    """This job's overrides as given on the command line (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _sweep_name() -> str | None:

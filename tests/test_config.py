@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from east.config import register_configs, validate
+from east.config import apply_command_line_precedence, register_configs, trainer_settings, validate
+from east.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
@@ -31,7 +32,7 @@ GROUPS = ["model", "dataset", "objective", "mapping", "sampler", "logger", "scal
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_validates(group, option, tmp_path):
-    extra = ["dataset.path=/data/mine"] if (group, option) == ("dataset", "jsonl") else []
+    extra = [f"dataset.path={tmp_path}"] if (group, option) == ("dataset", "jsonl") else []
     if group == "distributed" and option in ("ddp", "fsdp", "zero3"):
         extra.append("model=llama-3.2-1b")  # 8 GPUs x 2 = the global batch 16 (tiny's 8 x 8 is not)
     cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}", *extra])
@@ -81,11 +82,43 @@ def test_mapping_composes_into_the_east_node():
         (["objective.name=ppo"], "allowed: sft, dpo, kto"),
         (["grading.mode=exact"], "grading.mode"),
         (["+objective.trainer.learning_rat=1e-4"], "unknown SFTConfig key"),
+        # The values a hostile user tried that used to be accepted (issue 10, section 4).
+        (["sampling.temperature=nan"], "sampling.temperature=nan: must be a finite number >= 0"),
+        (["sampling.top_p=nan"], "sampling.top_p"),
+        (["seed=-1"], "seed=-1: must be an integer >= 0"),
+        (["seed=4294967296"], "seed=4294967296"),
+        (["grading.timeout_s=0"], "grading.timeout_s=0.0: must be a finite number > 0"),
+        (["grading.timeout_s=-1"], "grading.timeout_s"),
+        (["grading.timeout_s=inf"], "grading.timeout_s"),
+        (["sampler.batch_size=0"], "sampler.batch_size=0: must be an integer >= 1"),
+        (["sampler.batch_size=-4"], "sampler.batch_size=-4"),
+        (["dataset.max_train=-5"], "dataset.max_train=-5: must be an integer >= 1"),
+        (["dataset.max_test=0"], "dataset.max_test=0"),
+        (["model.path=/nonexistent"], "model.path='/nonexistent'"),
+        (["model=llama-3.2-1b", "model.path=/nonexistent"], "no such file or folder"),
+        (["model=llama-3.2-1b", "model.path=./not/here/either"], "no such file or folder"),
+        (["+east.sharpnes=2"], r"unknown config key\(s\): east.sharpnes \(did you mean east.sharpness\?\)"),
+        (["+sampling.temprature=0.5"], "sampling.temprature"),
+        (["+foo=1"], "unknown config key"),
+        (["objective.trainer.learning_rate=abc"], "objective.trainer.learning_rate='abc': SFTConfig.learning_rate takes float"),
+        (["objective.trainer.learning_rate=-1e-4"], "objective.trainer.learning_rate"),
+        (["objective.trainer.num_train_epochs=0"], "num_train_epochs"),
+        (["objective.trainer.lr_scheduler_type=cosinus"], "lr_scheduler_type"),
+        (["model.dtype=float8"], "model.dtype"),
+        (["model.tiny.num_heads=3"], "must divide model.tiny.hidden_size"),
+        (["model.tiny.warmup_steps=0"], "model.tiny.warmup_steps"),
+        (["dataset.arith.train_size=0"], "dataset.arith.train_size"),
+        (["dataset.on_bad_row=ignore"], "dataset.on_bad_row"),
+        (["sampler.gpu_memory_utilization=1.5"], "sampler.gpu_memory_utilization"),
+        (["evaluation.samples=4", "evaluation.pass_k=[8]"], "evaluation.pass_k"),
+        (["distributed.accelerate_config=conf/accelerate/nope.yaml"], "distributed.accelerate_config"),
+        (["rounds=0"], "rounds=0"),
     ],
-)
+)  # fmt: skip
 def test_invalid_values_fail_before_work_naming_the_key(overrides, message):
     cfg = _compose(overrides)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    pattern = message if "\\(" in message else message.replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ConfigError, match=pattern):
         validate(cfg)
 
 
@@ -127,3 +160,37 @@ def test_kto_needs_two_examples_per_device(tmp_path):
 
 
 EXPERIMENTS_KTO = sorted(p.stem for p in (CONF / "experiment").glob("*_kto*.yaml"))
+
+
+def test_the_command_line_wins_over_the_model_trainer_overrides():
+    """Precedence, lowest first: objective.trainer, model.trainer_overrides, the command line."""
+    c = OmegaConf.to_container(_compose(["objective.trainer.learning_rate=1e-4"]), resolve=True)
+    assert trainer_settings(c)["learning_rate"] == 3e-5  # the tiny model's override, without the rule
+    moved = apply_command_line_precedence(c, ["objective.trainer.learning_rate=1e-4", "seed=3"])
+    assert moved == ["learning_rate"]
+    assert trainer_settings(c)["learning_rate"] == 1e-4
+    assert trainer_settings(c)["num_train_epochs"] == 2  # the model's other overrides stay
+
+
+def _run_cli(*overrides, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(CONF.parent / "run.py"), "logger=none", *overrides],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_bad_value_is_one_line_without_traceback_and_exits_nonzero(tmp_path):
+    out = _run_cli("grading.timeout_s=0", f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "Error: invalid config grading.timeout_s=0.0: must be a finite number > 0.0"
+    )
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not any(tmp_path.glob("*/*/stage.json"))  # nothing was built
+    full = _run_cli("grading.timeout_s=0", f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run",
+                    env={"HYDRA_FULL_ERROR": "1"})  # fmt: skip
+    assert full.returncode != 0 and "Traceback" in full.stderr

@@ -16,13 +16,14 @@ from typing import Any
 
 from east.answers import extract_answer, gold_from_gsm8k, gold_from_math
 from east.data.problems import Problem
+from east.errors import UserError
 
 log = logging.getLogger(__name__)
 
 GOLD_FORMATS = ("gsm8k", "boxed", "field")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset row or file that cannot be used, with its location."""
 
 
