@@ -1,0 +1,288 @@
+"""Every setting that changes an artifact is in that artifact's key, and no other.
+
+Each config field is flipped in turn and the pipeline's stage keys are computed without
+building anything (every stage returns a stub artifact). The table below says, per field,
+which stages it shapes directly; the test adds their downstream stages and asserts that
+exactly those keys change. A new config field fails the completeness test until it is
+classified here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+
+from east.cache import StageCache, StageResult, stage_key
+from east.config import validate
+from east.tracking import NullLogger
+
+from .test_config import _compose
+
+#: Which stages read which stages' artifacts (a changed input key changes the reader's key).
+DEPS = {
+    "sample": ["base_model"],
+    "grade": ["sample"],
+    "build": ["grade"],
+    "train": ["base_model", "build"],
+    "evaluate_arith": ["train"],
+    "evaluate_base_arith": ["base_model"],
+    "evaluate_test": ["train"],
+    "evaluate_base_test": ["base_model"],
+}
+EVALS = ("evaluate_arith", "evaluate_base_arith")
+EVALS_JSONL = ("evaluate_test", "evaluate_base_test")
+_STUB = {
+    "stats.json": {"questions": 1, "kept": 1, "dropped": {}, "records": 1, "timeouts": 0,
+                   **{k: {"mean": 0.0, "min": 0.0, "max": 0.0} for k in ("entropy", "weight", "entropy_all", "accuracy_all")},
+                   "kept_entropy_values": [], "weight_values": [], "entropy_values": []},
+    "train_info.json": {},
+    "metrics.json": {"accuracy": 0.0, "grading_timeouts": 0},
+}  # fmt: skip
+
+
+def _downstream(direct: set[str]) -> set[str]:
+    out = set(direct)
+    changed = True
+    while changed:
+        changed = False
+        for stage, inputs in DEPS.items():
+            if stage not in out and out.intersection(inputs):
+                out.add(stage)
+                changed = True
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A tokenizer that knows the task and the chat templates' markup, so that prompts
+    rendered by different templates or system prompts get different token ids."""
+    from east.models import build_tiny_tokenizer
+
+    from .conftest import TASK_TEXTS
+
+    path = tmp_path_factory.mktemp("tokenizer")
+    markup = ["<|im_start|>system\nAnswer in \\boxed{}.<|im_end|>\n<|im_start|>user\n<|im_start|>assistant\n"]
+    build_tiny_tokenizer(TASK_TEXTS + markup * 20).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def stage_keys(monkeypatch, tmp_path, tokenizer_dir):
+    """A function: overrides -> {stage label: key}, building nothing."""
+    from east import pipeline
+
+    def fake_run(self: StageCache, stage: str, config: Any, inputs: list[str], build: Any) -> StageResult:
+        key = stage_key(stage, config, inputs)
+        path = tmp_path / "stubs" / stage / key
+        path.mkdir(parents=True, exist_ok=True)
+        for name, content in {**_STUB, "model.json": {"path": str(tokenizer_dir)}}.items():
+            (path / name).write_text(json.dumps(content))
+        return StageResult(stage, key, path, True, 0.0)
+
+    monkeypatch.setattr(StageCache, "run", fake_run)
+
+    def keys(overrides: list[str]) -> dict[str, str]:
+        cfg = _compose(["logger=none", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+        c = OmegaConf.to_container(cfg, resolve=True)
+        validate(c)
+        stages = pipeline._run(c, NullLogger())["stages"]
+        return {label: s["key"] for label, s in stages.items() if label != "evaluate"}
+
+    return keys
+
+
+#: field -> (a valid other value, the stages it shapes directly). () = no artifact depends
+#: on it. Composition: the default (tiny model, arith, sft).
+FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "model.name": ("tiny2", ()),  # a label: the weights are keyed by what builds them
+    "model.dtype": ("bfloat16", ("sample", "train", *EVALS)),
+    "model.system_prompt": ("'Answer in \\boxed{}.'", ("base_model", "sample", *EVALS)),
+    # (The tiny tokenizer's own template is ChatML: "chatml" would render the same ids.)
+    "model.chat_template": ("llama3_paper", ("sample", "train", *EVALS)),
+    **{f"model.tiny.{k}": (v, ("base_model",)) for k, v in {
+        "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "vocab_size": 256, "seed": 3,
+        "warmup_steps": 10, "warmup_batch_size": 16, "warmup_lr": 1e-3}.items()},
+    "model.trainer_overrides.sft.learning_rate": (1e-4, ("train",)),
+    "model.trainer_overrides.sft.num_train_epochs": (3, ("train",)),
+    "model.trainer_overrides.sft.per_device_train_batch_size": (4, ("train",)),
+    "model.trainer_overrides.sft.bf16": (True, ("train",)),
+    "model.trainer_overrides.sft.gradient_checkpointing": (True, ("train",)),
+    "model.trainer_overrides.sft.lr_scheduler_type": ("linear", ("train",)),
+    # The embedded task is generated: file and hub fields are not read (test_jsonl_fields).
+    **{f"dataset.{k}": (v, ()) for k, v in {
+        "hub_id": "org/data", "hub_config": "main", "train_split": "train2", "question_field": "q",
+        "solution_field": "s", "answer_field": "a", "gold_format": "boxed", "id_field": "id",
+        "on_bad_row": "skip"}.items()},
+    "dataset.max_train": (50, ("sample",)),
+    "dataset.max_test": (50, EVALS),
+    # Every generated split is drawn disjoint from the others: each size shapes all of them.
+    **{f"dataset.arith.{k}": (v, ("base_model", "sample", *EVALS)) for k, v in {
+        "steps": 3, "max_number": 15, "warmup_size": 1000, "train_size": 100, "test_size": 100, "seed": 7}.items()},
+    "objective.sft_k": (2, ("build",)),
+    "objective.global_batch_size": (32, ("train",)),
+    "east.mapping": ("accuracy", ("build",)),
+    "east.sharpness": (2.0, ("build",)),
+    "sampler.batch_size": (8, ()),  # hf: per-row seeds, so samples do not depend on batching
+    "sampler.tensor_parallel_size": (2, ()),  # vllm only
+    "sampler.gpu_memory_utilization": (0.5, ()),  # vllm only
+    "sampler.entropy_top_k": (5, ()),  # vllm only (in its keys there)
+    "sampling.n": (4, ("sample",)),
+    "sampling.temperature": (0.5, ("sample",)),
+    "sampling.top_p": (0.9, ("sample",)),
+    "sampling.max_new_tokens": (32, ("sample",)),
+    "evaluation.max_new_tokens": (32, EVALS),
+    "evaluation.pass_k": ("[1]", ()),  # read only with evaluation.samples > 0
+    "grading.mode": ("string", ("grade",)),
+    "grading.processes": (2, ()),
+    "grading.timeout_s": (2.0, ("grade", *EVALS)),
+    "grading.fallback": ("none", ("grade", *EVALS)),
+    "filters.drop_all_correct": (False, ("build",)),
+    "filters.require_boxed_correct": (False, ("build",)),
+    "filters.require_boxed_incorrect": (False, ("build",)),
+    "distributed.num_processes": (2, ("train",)),
+    "distributed.accelerate_config": ("conf/accelerate/ddp.yaml", ()),  # one process: not used
+    "distributed.launch_args": ("['--main_process_port=29555']", ()),
+    "paths.output_dir": ("/tmp/elsewhere", ()),
+    "paths.data_dir": ("/tmp", ()),  # arith reads no files
+    "seed": (1, ("sample", "build", "train")),
+    "experiment_name": ("mine", ()),
+}  # fmt: skip
+#: Fields that choose which stages run (checked by label, not by key).
+#: field -> (value, labels removed, labels added, labels whose key changes).
+STRUCTURAL = {
+    "evaluation.base": ("false", {"evaluate_base_arith"}, set(), set()),
+    "evaluation.only": ("true", {"sample", "grade", "build", "train", "evaluate_arith"}, set(), set()),
+    "evaluation.samples": ("2", set(), {"evaluate_sampled_arith", "evaluate_base_sampled_arith"}, set()),
+    # Round 0 keeps its keys; the final evaluation is of the round-1 model.
+    "rounds": ("2", set(), {"sample_r1", "grade_r1", "build_r1", "train_r1", "evaluate_arith_r0",
+                            "evaluate_arith_r1"}, {"evaluate_arith"}),
+}  # fmt: skip
+#: Not flipped here, with the reason.
+NOT_FLIPPED = {
+    "model.path": "ignored by model=tiny (refused by validate); see test_jsonl_fields",
+    "model.gguf": "a weights source (smollm2): its conversion is keyed by the file (test_smollm2)",
+    "dataset.name": "chooses the loader: a different dataset",
+    "dataset.path": "see test_jsonl_fields",
+    "dataset.tests": "see test_jsonl_fields",
+    "dataset.test_sets": "see test_jsonl_fields",
+    "objective.name": "a different objective: every trainer setting changes with it",
+    "objective.trainer": "per key: test_objective_trainer_keys_...",
+    "model.trainer_overrides.dpo": "another objective's settings: not read by sft",
+    "model.trainer_overrides.kto": "another objective's settings: not read by sft",
+    "sampler.name": "vllm needs CUDA; its key carries its name and entropy_top_k",
+    "logger._target_": "where metrics go, never what they are",
+    "paths.cache_dir": "where artifacts live",
+    "paper_reference": "the paper's numbers, copied into results.json for comparison",
+}
+
+
+def _leaves(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v and f"{prefix}{k}" not in NOT_FLIPPED:
+            out += _leaves(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def test_every_config_field_is_classified():
+    c = OmegaConf.to_container(_compose(["logger=none", "paths.cache_dir=/tmp/x"]), resolve=True)
+    classified = set(FLIPS) | set(STRUCTURAL) | set(NOT_FLIPPED)
+    missing = [f for f in _leaves(c) if f not in classified]
+    assert not missing, f"classify these fields in tests/test_keys.py: {missing}"
+
+
+@pytest.mark.parametrize("field", sorted(FLIPS))
+def test_flipping_a_field_changes_exactly_the_keys_of_what_it_shapes(stage_keys, field):
+    base = stage_keys([])
+    value, direct = FLIPS[field]
+    flipped = stage_keys([f"{field}={value}"])
+    assert set(flipped) == set(base)
+    changed = {label for label in base if flipped[label] != base[label]}
+    assert changed == _downstream(set(direct)) & set(base)
+
+
+def test_objective_trainer_keys_change_training_unless_the_model_overrides_them(stage_keys):
+    c = OmegaConf.to_container(_compose(["logger=none", "paths.cache_dir=/tmp/x"]), resolve=True)
+    overridden = set(c["model"]["trainer_overrides"]["sft"])
+    base = stage_keys([])
+    new = {"learning_rate": 1e-3, "num_train_epochs": 5, "per_device_train_batch_size": 4, "warmup_ratio": 0.2,
+           "max_length": 64, "weight_decay": 0.1, "lr_scheduler_type": "constant", "bf16": True,
+           "gradient_checkpointing": True, "logging_steps": 3, "max_grad_norm": 0.5, "warmup_steps": 10}  # fmt: skip
+    for key, old in c["objective"]["trainer"].items():
+        value = (not old) if isinstance(old, bool) else new.get(key)
+        assert value is not None and value != old, f"give objective.trainer.{key} a flip value in this test"
+        flipped = stage_keys([f"objective.trainer.{key}={value}"])
+        changed = {label for label in base if flipped[label] != base[label]}
+        expected = set() if key in overridden else _downstream({"train"}) & set(base)
+        assert changed == expected, key
+
+
+@pytest.mark.parametrize("field", sorted(STRUCTURAL))
+def test_fields_that_choose_stages_leave_the_others_keys_alone(stage_keys, field):
+    value, removed, added, changed = STRUCTURAL[field]
+    base = stage_keys([])
+    flipped = stage_keys([f"{field}={value}"])
+    assert set(base) - set(flipped) == removed
+    assert set(flipped) - set(base) == added
+    assert {label for label in set(base) & set(flipped) if flipped[label] != base[label]} == changed
+
+
+def _write_jsonl_dataset(folder: Path, shift: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, offset in (("train", 0), ("train2", 100), ("test", 200), ("test2", 300)):
+        rows = [{"question": f"What is {i + offset + shift}?", "q2": f"Say {i + offset}.", "answer": str(i),
+                 "a2": str(i + 1), "solution": f"so \\boxed{{{i + 2}}}", "id": f"r{i + offset}"} for i in range(6)]  # fmt: skip
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+#: Composition: dataset=jsonl with a real-weights model config. field -> (value, direct stages).
+JSONL_FLIPS = {
+    "dataset.train_split": ("train2", ("sample",)),
+    "dataset.question_field": ("q2", ("sample", *EVALS_JSONL)),
+    "dataset.answer_field": ("a2", ("sample", *EVALS_JSONL)),
+    "dataset.gold_format": ("boxed", ("sample", *EVALS_JSONL)),  # golds from solution_field below
+    "dataset.id_field": ("id", ("sample", *EVALS_JSONL)),
+    "dataset.tests.test.split": ("test2", EVALS_JSONL),
+    "dataset.max_train": (3, ("sample",)),
+    "dataset.max_test": (3, EVALS_JSONL),
+    "dataset.on_bad_row": ("skip", ()),  # no bad rows here: the same problems
+    "model.chat_template": ("chatml", ("base_model", "sample", "train", *EVALS_JSONL)),
+}
+
+
+def test_jsonl_fields(stage_keys, tmp_path, tokenizer_dir):
+    """Dataset file fields, the data path and the model path, on a bring-your-own dataset."""
+    import shutil
+
+    d1 = _write_jsonl_dataset(tmp_path / "d1")
+    d2 = _write_jsonl_dataset(tmp_path / "d2", shift=1)
+    d3 = _write_jsonl_dataset(tmp_path / "d3")  # the same content as d1 elsewhere
+    weights2 = tmp_path / "weights2"
+    shutil.copytree(tokenizer_dir, weights2)
+    common = [
+        "dataset=jsonl",
+        "model=llama-3.2-1b",
+        f"model.path={tokenizer_dir}",
+        "dataset.solution_field=solution",
+    ]
+    base = stage_keys([*common, f"dataset.path={d1}"])
+    assert set(base) == {"base_model", "sample", "grade", "build", "train", *EVALS_JSONL}
+
+    def changed(*overrides: str) -> set[str]:
+        flipped = stage_keys([*common, f"dataset.path={d1}", *overrides])
+        return {label for label in base if flipped.get(label) != base[label]}
+
+    for field, (value, direct) in JSONL_FLIPS.items():
+        assert changed(f"{field}={value}") == _downstream(set(direct)) & set(base), field
+    assert changed(f"dataset.path={d2}") == _downstream({"sample", *EVALS_JSONL}) & set(base)
+    assert changed(f"dataset.path={d3}") == set()  # keyed by content, not by where it lives
+    # Weights are keyed by where they are (a hub id or folder names them; their bytes are not hashed).
+    assert changed(f"model.path={weights2}") == _downstream({"base_model"}) & set(base)
+    assert changed("dataset.test_sets=[test]") == set()
