@@ -4,6 +4,13 @@ A stage's key hashes exactly the config slice it depends on, the keys of its inp
 code version. Its artifact is a folder ``<root>/<stage>/<key>/`` written under a temporary
 name and renamed into place when complete, so a killed run never leaves a half-written
 artifact that a later run would read; rerunning the same command skips every finished stage.
+
+Artifacts are verified, not trusted: the last file written is ``manifest.json`` (every
+file's size and SHA-256, and each JSON Lines file's row count). Reading a cached stage
+checks it; an artifact that no longer matches (truncated, emptied, a file deleted or
+edited by hand, a checkpoint cut short by a full disk) is reported with its stage, key and
+folder, set aside and rebuilt. Temporary folders of killed runs are removed once no live
+writer holds their key's lock.
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Bump when a stage's output format or semantics change, to invalidate old artifacts.
-CACHE_VERSION = 1
+#: 2: manifests; grading under a hard time bound with counted timeouts.
+CACHE_VERSION = 2
+MANIFEST = "manifest.json"
+#: Files up to this size are checksummed on every read; larger ones (checkpoints) are
+#: checked by size, and by checksum with EAST_VERIFY=full.
+CHECKSUM_MAX_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -57,26 +69,74 @@ class StageCache:
         return self.root / stage / key
 
     def run(self, stage: str, config: Any, inputs: list[str], build: Callable[[Path], None]) -> StageResult:
-        """Return the artifact of ``stage`` for this config and inputs, building it if absent.
+        """Return the artifact of ``stage`` for this config and inputs, building it if absent
+        (or if it no longer matches its manifest).
 
         ``build(tmp_dir)`` writes the artifact's files into ``tmp_dir``.
         """
         key = stage_key(stage, config, inputs)
         final = self.path(stage, key)
         start = time.perf_counter()
-        if final.is_dir():
+        if final.is_dir() and verify_artifact(final) is None:
             log.info("stage %s: cached (%s)", stage, key)
             return StageResult(stage, key, final, True, time.perf_counter() - start)
         final.parent.mkdir(parents=True, exist_ok=True)
         # One builder per key: cells of a sweep (a SLURM array on a shared cache) that need
         # the same artifact wait for whichever started first, then read what it wrote.
+        with _key_lock(self._lock_path(stage, key), stage, key):
+            self._remove_stale_tmp(final.parent, key)
+            if final.is_dir():
+                problem = verify_artifact(final)
+                if problem is None:
+                    log.info("stage %s: built by another process meanwhile (%s)", stage, key)
+                    return StageResult(stage, key, final, True, time.perf_counter() - start)
+                log.warning("stage %s (key %s) at %s does not match its manifest: %s; rebuilding it",
+                            stage, key, final, problem)  # fmt: skip
+                self._discard(final)
+            return self._build(stage, config, inputs, key, final, build, start)
+
+    def _lock_path(self, stage: str, key: str) -> Path:
         locks = self.root / ".locks"  # kept: unlinking a lock file others may hold races
         locks.mkdir(exist_ok=True)
-        with _key_lock(locks / f"{stage}-{key}.lock", stage, key):
-            if final.is_dir():
-                log.info("stage %s: built by another process meanwhile (%s)", stage, key)
-                return StageResult(stage, key, final, True, time.perf_counter() - start)
-            return self._build(stage, config, inputs, key, final, build, start)
+        return locks / f"{stage}-{key}.lock"
+
+    @staticmethod
+    def _discard(folder: Path) -> None:
+        aside = folder.parent / f".bad-{folder.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, aside)  # out of every reader's way at once, then deleted
+        shutil.rmtree(aside, ignore_errors=True)
+
+    @staticmethod
+    def _remove_stale_tmp(parent: Path, key: str) -> None:
+        """Temporary folders of this key: stale, since their writer no longer holds the lock."""
+        for tmp in parent.glob(f".tmp-{key}-*"):
+            log.info("removing %s, left by a killed run", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def clean_stale(self) -> int:
+        """Remove the temporary folders of killed runs in the whole cache, leaving any whose
+        key a live writer holds. Returns how many were removed."""
+        import fcntl
+
+        removed = 0
+        for tmp in self.root.glob("*/.tmp-*"):
+            stage, key = tmp.parent.name, tmp.name.split("-")[1]
+            with self._lock_path(stage, key).open("a") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer: its folder is not stale
+                try:
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        removed += 1
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        for bad in self.root.glob("*/.bad-*"):  # set aside by a reader that died deleting it
+            shutil.rmtree(bad, ignore_errors=True)
+        if removed:
+            log.info("removed %d temporary folder(s) left by killed runs", removed)
+        return removed
 
     def _build(
         self, stage: str, config: Any, inputs: list[str], key: str, final: Path, build: Callable[[Path], None],
@@ -88,6 +148,7 @@ class StageCache:
             (tmp / "stage.json").write_text(json.dumps({"stage": stage, "config": config, "inputs": inputs},
                                                         indent=1, sort_keys=True, default=str))  # fmt: skip
             build(tmp)
+            write_manifest(tmp)  # last: an artifact without one was never finished
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -100,6 +161,52 @@ class StageCache:
         seconds = time.perf_counter() - start
         log.info("stage %s: built in %.1fs (%s)", stage, seconds, key)
         return StageResult(stage, key, final, False, seconds)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _rows(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of an artifact: size, SHA-256 and (JSON Lines) row count."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        if path.suffix == ".jsonl":
+            entry["rows"] = _rows(path)
+        files[path.relative_to(folder).as_posix()] = entry
+    (folder / MANIFEST).write_text(json.dumps({"version": CACHE_VERSION, "files": files}, indent=1))
+
+
+def verify_artifact(folder: Path) -> str | None:
+    """What is wrong with an artifact, or None when it matches its manifest."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return "it has no manifest.json (written last: the artifact was never finished)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"its manifest.json is unreadable ({e})"
+    full = os.environ.get("EAST_VERIFY") == "full"
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{name} has {size} bytes, the manifest says {entry['bytes']}"
+        if (full or size <= CHECKSUM_MAX_BYTES) and _sha256(path) != entry["sha256"]:
+            return f"{name} has changed since it was written (checksum)"
+    return None
 
 
 @contextlib.contextmanager

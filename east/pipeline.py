@@ -29,6 +29,7 @@ class Pipeline:
         self.cfg = cfg
         self.logger = logger
         self.cache = StageCache(cfg["paths"]["cache_dir"])
+        self.cache.clean_stale()
         self.stages: dict[str, StageResult] = {}
         self.system = cfg["model"]["system_prompt"]
         sampler_cfg = cfg["sampler"]
@@ -156,7 +157,7 @@ class Pipeline:
 
         def run(d: Path) -> None:
             rows = read_jsonl(samples.path / "samples.jsonl")
-            grade_rows = read_jsonl(grades.path / "grades.jsonl")
+            grade_rows = _join_by_id(rows, read_jsonl(grades.path / "grades.jsonl"), samples, grades)
             questions = [
                 GradedQuestion(
                     r["id"],
@@ -289,6 +290,28 @@ def model_path(artifact: Path) -> str:
     if info.exists():
         return read_json(info)["path"]
     return str(artifact / "model")
+
+
+def _join_by_id(
+    rows: list[dict[str, Any]], other: list[dict[str, Any]], left: StageResult, right: StageResult
+) -> list[dict[str, Any]]:
+    """``other``'s rows in the order of ``rows``, matched by question id. A missing, extra or
+    repeated id is an error naming both artifacts: rows are never paired by position."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in other:
+        if r["id"] in by_id:
+            raise RuntimeError(f"{right.name} artifact {right.path} repeats question id {r['id']!r}")
+        by_id[r["id"]] = r
+    ids = [r["id"] for r in rows]
+    missing = [i for i in ids if i not in by_id]
+    extra = sorted(set(by_id) - set(ids))
+    if missing or extra or len(set(ids)) != len(ids):
+        raise RuntimeError(
+            f"{left.name} ({left.path}) and {right.name} ({right.path}) disagree on question ids: "
+            f"{len(missing)} missing from {right.name} (e.g. {missing[:3]}), {len(extra)} extra "
+            f"(e.g. {extra[:3]}); delete both folders to rebuild them"
+        )
+    return [by_id[i] for i in ids]
 
 
 def _grading_stats(grades: list[Any], timeout_s: float, stage: str) -> dict[str, Any]:

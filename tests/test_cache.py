@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from east.cache import StageCache, stage_key
@@ -80,3 +82,81 @@ def test_concurrent_cells_build_a_stage_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert log.read_text() == "built\n"  # built once
     assert outs == ["False artifact", "True artifact"]  # the other read it as cached
+
+
+def _jsonl_build(d):
+    (d / "rows.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(200)))
+    (d / "model").mkdir()
+    (d / "model" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _edit(p):
+    data = bytearray(p.read_bytes())
+    data[10] ^= 1  # same size, one bit changed
+    p.write_bytes(bytes(data))
+
+
+ARTIFACT_FAULTS = {
+    "truncated rows": ("rows.jsonl", _truncate, "rows.jsonl has"),
+    "emptied rows": ("rows.jsonl", lambda p: p.write_text(""), "rows.jsonl has 0 bytes"),
+    "deleted rows": ("rows.jsonl", lambda p: p.unlink(), "rows.jsonl is missing"),
+    "edited rows": ("rows.jsonl", _edit, "checksum"),
+    "truncated checkpoint": ("model/weights.bin", _truncate, "weights.bin has"),
+    "deleted manifest": ("manifest.json", lambda p: p.unlink(), "no manifest.json"),
+    "garbled manifest": ("manifest.json", lambda p: p.write_text("{"), "unreadable"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(ARTIFACT_FAULTS))
+def test_an_artifact_that_no_longer_matches_its_manifest_is_rebuilt(tmp_path, caplog, fault):
+    from east.cache import verify_artifact
+
+    name, damage, message = ARTIFACT_FAULTS[fault]
+    cache = StageCache(tmp_path)
+    first = cache.run("sample", {"x": 1}, [], _jsonl_build)
+    assert verify_artifact(first.path) is None
+    rows = json.loads((first.path / "manifest.json").read_text())["files"]["rows.jsonl"]["rows"]
+    assert rows == 200
+    damage(first.path / name)
+    assert message in verify_artifact(first.path)
+    again = cache.run("sample", {"x": 1}, [], _jsonl_build)
+    assert again.cached is False and verify_artifact(again.path) is None  # rebuilt
+    assert f"stage sample (key {first.key})" in caplog.text and message in caplog.text
+    assert (again.path / "rows.jsonl").read_text().count("\n") == 200
+
+
+def test_stale_temporary_folders_are_removed_but_never_under_a_live_writer(tmp_path):
+    import fcntl
+    import threading
+
+    cache = StageCache(tmp_path)
+    stale = tmp_path / "train" / ".tmp-aaaa-1234"
+    live = tmp_path / "train" / ".tmp-bbbb-5678"
+    for d in (stale, live):
+        d.mkdir(parents=True)
+        (d / "half.safetensors").write_bytes(b"x" * 10)
+    held = threading.Event()
+    release = threading.Event()
+
+    def writer():  # another process building key bbbb holds its lock
+        with cache._lock_path("train", "bbbb").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            held.set()
+            release.wait(10)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    held.wait(10)
+    try:
+        # flock is per open file: a second open in this process contends like another process.
+        assert cache.clean_stale() == 1
+        assert not stale.exists() and live.exists()
+    finally:
+        release.set()
+        t.join()
+    assert cache.clean_stale() == 1 and not live.exists()

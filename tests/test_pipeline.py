@@ -168,3 +168,59 @@ def test_seed_changes_sampling_and_training(first, cache, tmp_path):
     other = _run(cache, tmp_path, "seed=1")
     assert other["stages"]["base_model"]["cached"] is True  # the base model does not depend on the run seed
     assert other["stages"]["sample"]["key"] != first["stages"]["sample"]["key"]
+
+
+def _stage_dir(cache: Path, results: dict, label: str, stage: str) -> Path:
+    return cache / stage / results["stages"][label]["key"]
+
+
+def _keep_half_lines(p: Path) -> None:
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[: len(lines) // 2]))
+
+
+#: (label, stage, file, damage, downstream folders also deleted) -- the faults a user hit.
+PIPELINE_FAULTS = {
+    "samples cut to half, downstream deleted": ("sample", "sample", "samples.jsonl", _keep_half_lines, ("grade", "build")),
+    "grades cut to half": ("grade", "grade", "grades.jsonl", _keep_half_lines, ()),
+    "samples emptied": ("sample", "sample", "samples.jsonl", lambda p: p.write_text(""), ()),
+    "records deleted": ("build", "build", "records.jsonl", lambda p: p.unlink(), ()),
+    "checkpoint truncated": ("train", "train", "model/model.safetensors",
+                             lambda p: p.write_bytes(p.read_bytes()[:1000]), ()),
+    "predictions deleted": ("evaluate_arith", "evaluate", "predictions.jsonl", lambda p: p.unlink(), ()),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", sorted(PIPELINE_FAULTS))
+def test_a_damaged_artifact_is_rebuilt_never_read(first, cache, tmp_path, fault):
+    """Truncated, emptied or deleted files in a cached stage: the rerun rebuilds that stage
+    (and what reads it) and reports the same numbers as the intact run."""
+    import shutil
+
+    label, stage, name, damage, also_deleted = PIPELINE_FAULTS[fault]
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    damage(_stage_dir(copy, first, label, stage) / name)
+    for other in also_deleted:
+        shutil.rmtree(_stage_dir(copy, first, other, other))
+    r = _run(copy, tmp_path / "out")
+    assert r["stages"][label]["cached"] is False  # rebuilt
+    assert r["stages"][label]["key"] == first["stages"][label]["key"]
+    assert r["eval"] == first["eval"] and r["data"] == first["data"]
+
+
+def test_samples_and_grades_are_joined_by_id(first, cache):
+    from east.cache import StageResult
+    from east.pipeline import _join_by_id
+
+    rows = [{"id": "a"}, {"id": "b"}]
+    left = StageResult("sample", "k1", cache / "sample" / "k1", True, 0.0)
+    right = StageResult("grade", "k2", cache / "grade" / "k2", True, 0.0)
+    assert _join_by_id(rows, [{"id": "b", "x": 2}, {"id": "a", "x": 1}], left, right) == [
+        {"id": "a", "x": 1}, {"id": "b", "x": 2}]  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"1 missing from grade .*'b'.*delete both folders"):
+        _join_by_id(rows, [{"id": "a"}], left, right)
+    with pytest.raises(RuntimeError, match=r"1 extra \(e.g. \['c'\]\)"):
+        _join_by_id(rows, [{"id": "a"}, {"id": "b"}, {"id": "c"}], left, right)
+    with pytest.raises(RuntimeError, match="repeats question id 'a'"):
+        _join_by_id(rows, [{"id": "a"}, {"id": "a"}], left, right)
