@@ -216,7 +216,9 @@ class Pipeline:
             }  # fmt: skip
             dist = c["distributed"]
             if dist["num_processes"] == 1:
-                train_from_spec({**spec, "report_to": self.logger.report_to})
+                from east.tracking import logger_callback
+
+                train_from_spec({**spec, "report_to": []}, callbacks=[logger_callback(self.logger)])
                 return
             write_json(d / "train_spec.json", {**spec, "report_to": []})
             _launch_workers(d / "train_spec.json", dist)
@@ -394,8 +396,9 @@ def _trainer_args(cls: Any, out: Path, settings: dict[str, Any], seed: int, repo
     )  # fmt: skip
 
 
-def train_from_spec(spec: dict[str, Any]) -> None:
-    """Train one objective from a resolved spec (in the driver, or in each accelerate worker)."""
+def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) -> None:
+    """Train one objective from a resolved spec (in the driver, or in each accelerate worker).
+    ``callbacks``: extra transformers callbacks (the driver's experiment logger)."""
     import random
 
     from datasets import Dataset
@@ -415,7 +418,11 @@ def train_from_spec(spec: dict[str, Any]) -> None:
     model = load_model(spec["base_path"], spec["dtype"])
     _fit_and_save(
         trainer_cls(
-            model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=callbacks,
         ),
         out,
     )

@@ -224,3 +224,32 @@ def test_samples_and_grades_are_joined_by_id(first, cache):
         _join_by_id(rows, [{"id": "a"}, {"id": "b"}, {"id": "c"}], left, right)
     with pytest.raises(RuntimeError, match="repeats question id 'a'"):
         _join_by_id(rows, [{"id": "a"}, {"id": "a"}], left, right)
+
+
+@pytest.mark.parametrize("where", ["init", "log", "finish"])
+def test_a_failing_wandb_never_loses_training_or_results(first, cache, tmp_path, monkeypatch, caplog, where):
+    """W&B's service dies (every call raises from then on): at start, during training (the
+    trainer logs through our guarded callback) or at the end. The run completes, results.json
+    is written, and the failure is one warning."""
+    import wandb
+
+    def dead(*args, **kwargs):
+        raise ConnectionResetError("wandb-core is gone")
+
+    if where == "init":
+        monkeypatch.setattr(wandb, "init", dead)
+    else:
+        from wandb.sdk.wandb_run import Run
+
+        monkeypatch.setattr(Run, where, dead)
+    out = tmp_path / "out"
+    r = _run(
+        cache,
+        out,
+        "logger=wandb",
+        "logger.mode=offline",
+        f"east.sharpness={ {'init': 3, 'log': 4, 'finish': 5}[where] }",
+    )
+    assert r["stages"]["train"]["cached"] is False  # training ran while W&B was failing
+    assert (out / "results.json").exists()
+    assert f"W&B {where} failed" in caplog.text

@@ -1,0 +1,64 @@
+"""W&B never takes a run down, and its settings follow the W&B conventions."""
+
+from __future__ import annotations
+
+import pytest
+
+from east.errors import ConfigError
+from east.tracking import WandbLogger
+
+
+@pytest.mark.parametrize(
+    ("env", "explicit", "expected"),
+    [
+        ({}, {}, ("offline", "east", None)),
+        ({"WANDB_MODE": "disabled"}, {}, ("disabled", "east", None)),
+        ({"WANDB_MODE": "online", "WANDB_PROJECT": "p", "WANDB_ENTITY": "me"}, {}, ("online", "p", "me")),
+        ({"WANDB_MODE": "disabled", "WANDB_PROJECT": "p"}, {"mode": "offline", "project": "q"}, ("offline", "q", None)),
+    ],
+)  # fmt: skip
+def test_the_environment_applies_unless_the_config_sets_a_value(monkeypatch, env, explicit, expected):
+    for k in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import os
+
+    before = os.environ.get("WANDB_MODE")
+    logger = WandbLogger(**explicit)
+    assert (logger.mode, logger.project, logger.entity) == expected
+    assert os.environ.get("WANDB_MODE") == before  # the environment is left as the user set it
+
+
+def test_bad_modes_are_refused(monkeypatch):
+    with pytest.raises(ConfigError, match="logger.mode='loud'"):
+        WandbLogger(mode="loud")
+    monkeypatch.setenv("WANDB_MODE", "loud")
+    with pytest.raises(ConfigError, match="WANDB_MODE='loud'"):
+        WandbLogger()
+
+
+class _Broken:
+    """A W&B run whose service has died: every call raises."""
+
+    def __init__(self):
+        self.calls = 0
+        self.summary = self
+
+    def _raise(self, *args, **kwargs):
+        self.calls += 1
+        raise ConnectionResetError("wandb-core is gone")
+
+    log = update = finish = _raise
+
+
+def test_a_dead_service_is_reported_once_and_never_called_again(caplog):
+    logger = WandbLogger(mode="offline")
+    broken = _Broken()
+    logger.run = broken
+    logger.log({"a": 1})
+    logger.log({"a": 2})
+    logger.summary({"b": 1})
+    logger.finish()
+    assert broken.calls == 1
+    assert caplog.text.count("W&B log failed") == 1 and "results.json is still written" in caplog.text
