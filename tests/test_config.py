@@ -67,9 +67,7 @@ def test_mapping_composes_into_the_east_node():
     assert _compose(["mapping=uniform"]).east.sharpness == 0
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
+BAD_VALUES = [
         (["sampling.n=0"], "sampling.n"),
         (["sampling.temperature=-1"], "sampling.temperature"),
         (["sampling.top_p=0"], "sampling.top_p"),
@@ -113,8 +111,10 @@ def test_mapping_composes_into_the_east_node():
         (["evaluation.samples=4", "evaluation.pass_k=[8]"], "evaluation.pass_k"),
         (["distributed.accelerate_config=conf/accelerate/nope.yaml"], "distributed.accelerate_config"),
         (["rounds=0"], "rounds=0"),
-    ],
-)  # fmt: skip
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES)
 def test_invalid_values_fail_before_work_naming_the_key(overrides, message):
     cfg = _compose(overrides)
     pattern = message if "\\(" in message else message.replace("(", r"\(").replace(")", r"\)")
