@@ -16,10 +16,12 @@ from __future__ import annotations
 import cmath
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -407,9 +409,6 @@ class _Watch:
         self.since, self.op = since, op
 
     def begin(self, op: tuple[str, ...]) -> None:
-        import json
-        import time
-
         self.op.value = json.dumps(op).encode()[: len(self.op) - 1]
         self.since.value = time.monotonic()
 

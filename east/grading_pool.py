@@ -24,7 +24,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from east import answers as A
@@ -66,6 +65,7 @@ def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: lis
     A._WATCH = A._Watch(since, op)
     A.mark_timed_out(cut_parses, cut_pairs)
     store: A.ParseStore | None = None
+    store_dir: str | None = None  # the folder `store` was opened in
     try:
         while True:
             msg = conn.recv()
@@ -77,10 +77,11 @@ def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: lis
                 A.forget_timeouts()
                 conn.send(("cleared", None))
                 continue
-            if (store.path.parent if store else None) != (settings.store and Path(settings.store)):
+            if settings.store != store_dir:
                 if store is not None:
                     store.close()
-                store = A.ParseStore.in_dir(settings.store) if settings.store else None
+                store_dir = settings.store
+                store = A.ParseStore.in_dir(store_dir) if store_dir else None
                 A._STORE = store
             for idx, responses, gold in payload:
                 try:
