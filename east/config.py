@@ -296,7 +296,7 @@ def _local_path_problem(value: str) -> str | None:
 def validate(cfg: DictConfig | dict[str, Any]) -> None:
     """Every value the run depends on, checked before any stage runs. Raises
     :class:`~east.errors.ConfigError` naming the key, the value and what is allowed."""
-    from east.answers import FALLBACKS
+    from east.grading import FALLBACKS
     from east.weighting import MAPPINGS
 
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

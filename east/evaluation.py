@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from east.answers import grade_questions
 from east.data import Problem
+from east.grading import grade_questions
 from east.sampling import Sampler, SamplingParams
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from math import comb
 
-from east.answers import QuestionGrade
+from east.grading import QuestionGrade
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -130,7 +130,7 @@ class Pipeline:
         return self._stage("sample", config, [model], build, label=_round_label("sample", round_))
 
     def grade(self, samples: StageResult, round_: int = 0) -> StageResult:
-        from east.answers import grade_questions
+        from east.grading import grade_questions
 
         g = self.cfg["grading"]
 
@@ -147,7 +147,7 @@ class Pipeline:
 
     def build(self, samples: StageResult, grades: StageResult, round_: int = 0) -> StageResult:
         """Filter, weight and build the objective's training records."""
-        from east.answers import QuestionGrade
+        from east.grading import QuestionGrade
         from east.selection import FilterConfig, GradedQuestion, build_records, filter_questions
         from east.weighting import compute_weights
 
@@ -266,7 +266,7 @@ class Pipeline:
                   "dtype": self.cfg["model"]["dtype"]}  # fmt: skip
 
         def build(d: Path) -> None:
-            from east.answers import grade_questions
+            from east.grading import grade_questions
             from east.metrics import majority_correct, pass_at_k
 
             seeds = [

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the sampler imports derive_seed without math-verify
-    from east.answers import QuestionGrade
+    from east.grading import QuestionGrade
 
 __all__ = [
     "FILTER_RULES",

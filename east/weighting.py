@@ -1,7 +1,7 @@
 """Mapping functions that turn a per-question uncertainty signal into training weights.
 
 Pure NumPy. A mapping is registered by name with the per-question statistic it reads
-(``entropy``, ``accuracy`` or ``rejected``; see :class:`east.answers.QuestionGrade`) and
+(``entropy``, ``accuracy`` or ``rejected``; see :class:`east.grading.QuestionGrade`) and
 returns non-negative weights whose mean over the given training set is exactly 1:
 
     f(s_i) = g(s_i; a) / mean_j g(s_j; a)
@@ -208,7 +208,7 @@ def compute_weights(
     """Weights for a training set, from per-question statistics.
 
     ``stats`` is either a sequence of objects with the statistic as an attribute (e.g.
-    :class:`east.answers.QuestionGrade`) or a mapping from signal name to values.
+    :class:`east.grading.QuestionGrade`) or a mapping from signal name to values.
     """
     spec = get_mapping(mapping)
     field = SIGNALS[spec.signal]

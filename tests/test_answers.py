@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from east.answers import (
+from east.grading import (
     answers_equal,
     cluster_answers,
     extract_answer,
@@ -256,7 +256,7 @@ def test_fallback_answers_count_as_correct_but_not_boxed():
 
 
 def test_parse_store_serves_a_later_grading_from_disk(tmp_path):
-    from east import answers as A
+    from east.grading import equivalence as A
 
     items = [([r"\boxed{\frac{\sqrt{3}}{2}}", r"\boxed{x^2+1}", r"\boxed{(1,2)}"], r"\dfrac{\sqrt3}{2}")] * 2
     first = grade_questions(items, store=tmp_path)  # the grading workers fill the store

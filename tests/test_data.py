@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from east.answers import answers_equal
 from east.data import DataError, load_splits
 from east.data.arith import ArithSpec, generate
+from east.grading import answers_equal
 
 from .test_config import _compose
 

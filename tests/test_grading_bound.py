@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from east import answers as A
-from east import grading_pool
-from east.answers import answers_equal, extract_answer, grade_question, grade_questions
+from east.grading import answers_equal, extract_answer, grade_question, grade_questions
+from east.grading import equivalence as A
+from east.grading import pool as grading_pool
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 For each gold answer of GSM8K and MATH (train and test, and MATH500) we write the spellings
 models produce (``\\$``, ``\\%``, ``%``, ``{,}`` and ``,`` thousands, ``\\text{}`` units,
 ``\\dfrac``/``\\tfrac``, ``x=``, a trailing period, surrounding spaces, ``\\left(``) of the gold
-and of a near miss (one digit changed), and compare :func:`east.answers.answers_equal` with
+and of a near miss (one digit changed), and compare :func:`east.grading.answers_equal` with
 ``math_verify.verify(parse(gold), parse(answer))``.
 
 math-verify is asked with both LaTeX wrappings a model's answer arrives in (``$..$`` and
@@ -33,7 +33,7 @@ import pytest
 
 math_verify = pytest.importorskip("math_verify")
 
-from east.answers import answers_equal, gold_from_gsm8k, gold_from_math  # noqa: E402
+from east.grading import answers_equal, gold_from_gsm8k, gold_from_math  # noqa: E402
 
 #: Spelling kinds where the project deliberately says "equal" and math-verify does not.
 DELIBERATE = {

@@ -4,7 +4,7 @@ from itertools import combinations
 
 import pytest
 
-from east.answers import grade_question
+from east.grading import grade_question
 from east.metrics import majority_correct, pass_at_k
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from east.answers import grade_question
+from east.grading import grade_question
 from east.selection import (
     FilterConfig,
     GradedQuestion,

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from east.answers import extract_answer, gold_from_gsm8k, gold_from_math
 from east.data.problems import Problem
 from east.errors import UserError
+from east.grading import extract_answer, gold_from_gsm8k, gold_from_math
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ of spellings and a few wrong answers, some responses without a final answer) and
 them two ways on one core:
 
   naive:   math_verify.parse + math_verify.verify on every response against the gold;
-  project: east.answers.grade_questions (distinct strings parsed once, integers compared
+  project: east.grading.grade_questions (distinct strings parsed once, integers compared
            exactly, clusters built once), which also yields clusters and entropy.
 
 Then the project path across processes, and the project path in a sweep: the same
-questions graded again with other responses, the on-disk parse store (east.answers.
+questions graded again with other responses, the on-disk parse store (east.grading.
 ParseStore) filled by the first pass and the in-memory cache empty, as in a sweep's next
 cell. Prints one JSON line last: ``*_ratio`` is naive / project time, cold;
 ``*_sweep_ratio`` is naive / project time with the sweep's store.
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import math_verify
 
-from east import answers as A
-from east import grading_pool
+from east import grading as A
+from east.grading import pool as grading_pool
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -1,10 +1,10 @@
 """Grading in supervised worker processes: a wall-clock bound that holds whatever sympy does.
 
-Inside a worker every parse and comparison is bounded by ``SIGALRM`` (east.answers), which
+Inside a worker every parse and comparison is bounded by ``SIGALRM`` (east.grading.equivalence), which
 stops Python code. Big-integer arithmetic runs in C, where no signal lands: parsing
 ``\\binom{10^{9}}{5 \\cdot 10^{8}}`` evaluates the binomial before any guard can look at it.
 So each worker announces the operation it starts (in shared memory, see
-``east.answers._Watch``), and the supervisor kills a worker whose operation has run
+``east.grading.equivalence._Watch``), and the supervisor kills a worker whose operation has run
 ``timeout_s + grace`` seconds. It records that operation as timed out, starts a fresh
 worker that knows it, and sends it the unfinished questions again. The killed answer is
 compared by string only and counted in its question's ``timeouts``: never dropped, never
@@ -24,15 +24,17 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from east import answers as A
+from east.grading import equivalence as E
+from east.grading import grade as G
 
 log = logging.getLogger(__name__)
 
 #: Bytes of shared memory describing a worker's current operation (two normalised answers
 #: of at most MAX_PARSE_CHARS characters each, JSON-escaped).
-_OP_BYTES = 16 * A.MAX_PARSE_CHARS + 64
+_OP_BYTES = 16 * E.MAX_PARSE_CHARS + 64
 #: How often the supervisor looks at its workers, seconds.
 _POLL_S = 0.05
 
@@ -62,9 +64,9 @@ def hard_deadline(timeout_s: float) -> float:
 
 def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: list) -> None:
     """A worker: grade the questions it is sent, one reply per question, until told to stop."""
-    A._WATCH = A._Watch(since, op)
-    A.mark_timed_out(cut_parses, cut_pairs)
-    store: A.ParseStore | None = None
+    E._WATCH = E._Watch(since, op)
+    E.mark_timed_out(cut_parses, cut_pairs)
+    store: E.ParseStore | None = None
     store_dir: str | None = None  # the folder `store` was opened in
     try:
         while True:
@@ -73,19 +75,19 @@ def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: lis
                 return
             kind, settings, payload = msg
             if kind == "clear":
-                A._parsed.cache_clear()
-                A.forget_timeouts()
+                E._parsed.cache_clear()
+                E.forget_timeouts()
                 conn.send(("cleared", None))
                 continue
             if settings.store != store_dir:
                 if store is not None:
                     store.close()
                 store_dir = settings.store
-                store = A.ParseStore.in_dir(store_dir) if store_dir else None
-                A._STORE = store
+                store = E.ParseStore.in_dir(store_dir) if store_dir else None
+                E._STORE = store
             for idx, responses, gold in payload:
                 try:
-                    grade = A.grade_question(
+                    grade = G.grade_question(
                         responses,
                         gold,
                         mode=settings.mode,
@@ -143,9 +145,9 @@ class Pool:
         import multiprocessing as mp
 
         # forkserver: safe when the parent holds threads (torch, tokenizers); the server
-        # imports east.answers once, so a replacement worker starts in milliseconds.
+        # imports the grading modules once, so a replacement worker starts in milliseconds.
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["east.answers"])
+        self.ctx.set_forkserver_preload(["east.grading.grade", "math_verify", "sympy"])
         self.processes, self.serve = processes, serve
         self.cut_parses: set[str] = set()
         self.cut_pairs: set[frozenset[str]] = set()
@@ -172,12 +174,12 @@ class Pool:
 
     def grade(
         self, items: Sequence[tuple[Sequence[str], str]], settings: Settings, chunk_size: int = 16
-    ) -> list[A.QuestionGrade]:
+    ) -> list[G.QuestionGrade]:
         """Grade ``(responses, gold)`` pairs, in order, with ``settings``."""
         from multiprocessing.connection import wait
 
         self.hard_s = hard_deadline(settings.timeout_s)
-        results: list[A.QuestionGrade | None] = [None] * len(items)
+        results: list[G.QuestionGrade | None] = [None] * len(items)
         queue: deque[int] = deque(range(len(items)))
         deaths: dict[int, int] = {}  # question -> worker deaths outside any operation
         left = len(items)
@@ -245,7 +247,7 @@ class Pool:
                     f"a grading worker died twice (exit code {code}) on question {first}, outside any "
                     "bounded operation. Workers start through multiprocessing's forkserver, which "
                     "imports the main script again: a script that grades must guard its entry point "
-                    "with `if __name__ == '__main__':`. Otherwise this is a bug in east.answers: "
+                    "with `if __name__ == '__main__':`. Otherwise this is a bug in east.grading: "
                     "please report it with the question"
                 )
         queue.extendleft(reversed(w.pending))
@@ -276,10 +278,41 @@ def close() -> None:
 def clear_caches() -> None:
     """Empty the in-memory parse caches of this process and of its grading workers, and
     forget what timed out in them."""
-    A._parsed.cache_clear()
-    A.forget_timeouts()
+    E._parsed.cache_clear()
+    E.forget_timeouts()
     if _POOL is not None:
         _POOL.clear_caches()
 
 
 atexit.register(close)
+
+
+def grade_questions(
+    items: Sequence[tuple[Sequence[str], str]],
+    *,
+    mode: G.GradingMode | str = "equivalence",
+    processes: int = 1,
+    chunk_size: int = 16,
+    timeout_s: float = E.DEFAULT_TIMEOUT_S,
+    fallback: G.Fallback | str = "none",
+    store: str | Path | None = None,
+) -> list[G.QuestionGrade]:
+    """Grade many ``(responses, gold)`` pairs, in order, in ``processes`` worker processes.
+
+    The workers are supervised (:mod:`east.grading.pool`): an operation that outlives its
+    bound in C code, where ``SIGALRM`` cannot stop it, is killed, and the answers it
+    touched are compared by string only and counted in ``QuestionGrade.timeouts``. Each
+    worker keeps its own parse cache for the life of the process. ``store``: a folder for
+    the on-disk :class:`ParseStore` shared across calls (a sweep's cache dir).
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    fallback = G.as_choice(G.Fallback, fallback, "extraction fallback")
+    mode = G.as_choice(G.GradingMode, mode, "cluster mode")
+    items = list(items)
+    if not items:
+        return []
+    settings = Settings(mode, float(timeout_s), fallback, None if store is None else str(store))
+    return pool(processes).grade(items, settings, chunk_size)

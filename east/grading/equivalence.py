@@ -1,0 +1,494 @@
+"""Equivalence of two final answers: math-verify, bounded in time and size, cached.
+
+math-verify is restricted to its LaTeX parser (its plain-expression parser calls sympy's
+``parse_expr``, which ``eval``s transformed text; model output never reaches it here). Every
+call is bounded in time by a ``SIGALRM`` timer, so it must run in the main thread of a
+process (:mod:`east.grading.pool` supervises worker processes). Numbers too large to
+evaluate are refused before sympy sees them.
+
+Cost model: parsing is expensive (~1 ms), ``verify`` is cheap, and a sampled answer set
+has few distinct strings. So every distinct normalised string is parsed once (an LRU cache
+per process, and the on-disk :class:`ParseStore` across processes and runs) and plain
+decimal numbers are compared exactly without parsing.
+
+Nothing happens at import: :func:`configure_math_verify` quiets math-verify's own timeout
+logging the first time a parse runs.
+"""
+
+from __future__ import annotations
+
+import cmath
+import contextlib
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from east.grading.extract import _numbers_equal, _percent_equal, _plain_number, normalize_answer
+
+__all__ = ["DEFAULT_TIMEOUT_S", "GradingTimeout", "ParseStore", "answers_equal", "parse_store"]
+
+#: Answers longer than this are never parsed (they compare by string only).
+MAX_PARSE_CHARS = 400
+#: Default wall-clock bound, in seconds, for one parse or one comparison.
+DEFAULT_TIMEOUT_S = 1.0
+
+
+@lru_cache(maxsize=1)
+def configure_math_verify() -> tuple[Any, Any, list]:
+    """math-verify's ``parse``, ``verify`` and the LaTeX-only extraction config, imported on
+    first use. math-verify logs every timeout and warns once when its own timers are
+    disabled (we bound time ourselves and count the cuts), so both are quieted here."""
+    import math_verify
+    from math_verify import LatexExtractionConfig
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    for name in ("parser", "grader"):
+        module = getattr(math_verify, name, None)
+        if module is not None and hasattr(module, "TIMEOUT_WARNING_SHOWN"):
+            module.TIMEOUT_WARNING_SHOWN = True
+    return math_verify.parse, math_verify.verify, [LatexExtractionConfig(boxed_match_priority=0)]
+
+
+def _mv_parse(*args: Any, **kwargs: Any) -> Any:
+    return configure_math_verify()[0](*args, **kwargs)
+
+
+def _mv_verify(*args: Any, **kwargs: Any) -> Any:
+    return configure_math_verify()[1](*args, **kwargs)
+
+
+
+class GradingTimeout(BaseException):
+    """A parse or comparison ran past its time bound.
+
+    A ``BaseException``: math-verify and sympy catch ``Exception`` around their own work,
+    which would swallow the timeout and let a cut comparison read as "not equal"."""
+
+
+class _Watch:
+    """Where a supervisor (east.grading.pool) watches the bounded operation in progress:
+    a shared-memory start time and a description of the operation, so that it can kill a
+    worker stuck in C code (big integers) that no signal interrupts, and knows what to
+    mark as timed out in the worker it starts instead."""
+
+    def __init__(self, since: Any, op: Any):
+        self.since, self.op = since, op
+
+    def begin(self, op: tuple[str, ...]) -> None:
+        self.op.value = json.dumps(op).encode()[: len(self.op) - 1]
+        self.since.value = time.monotonic()
+
+    def end(self) -> None:
+        self.since.value = 0.0
+
+
+_WATCH: _Watch | None = None
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, op: tuple[str, ...]) -> Iterator[None]:
+    """Bound one operation (``("parse", norm)`` or ``("verify", norm_a, norm_b)``) by
+    ``seconds`` with ``SIGALRM``; under a supervisor, also announce it (see :class:`_Watch`)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "east.grading grades with a SIGALRM time bound, which only works in the main "
+            "thread; use processes (grade_questions(..., processes=N)) instead of threads"
+        )
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise GradingTimeout
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    if _WATCH is not None:
+        _WATCH.begin(op)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if _WATCH is not None:
+            _WATCH.end()
+
+
+# --------------------------------------------------------------------------- parsed answers
+
+#: Operations cut by a time bound in this process: strings whose parse was cut (they compare
+#: by string only from then on) and pairs whose comparison was cut (never retried). A
+#: supervisor seeds both with what it killed workers for (:func:`mark_timed_out`).
+_CUT_PARSES: set[str] = set()
+_CUT_PAIRS: set[frozenset[str]] = set()
+#: Cut comparisons per string: a string that has cut this many is parsed no more.
+_STRIKES: dict[str, int] = {}
+MAX_STRIKES = 2
+
+
+def mark_timed_out(parses: Iterable[str] = (), pairs: Iterable[Iterable[str]] = ()) -> None:
+    """Record operations that ran out of time elsewhere (a killed worker): they are not tried
+    again here, and every answer they touch is counted as timed out."""
+    _CUT_PARSES.update(parses)
+    for pair in pairs:
+        _CUT_PAIRS.add(frozenset(pair))
+
+
+def forget_timeouts() -> None:
+    """Forget every operation cut by a time bound in this process (tests, benchmarks)."""
+    _CUT_PARSES.clear()
+    _CUT_PAIRS.clear()
+    _STRIKES.clear()
+
+
+def _cut_pair(a: _Parsed, b: _Parsed) -> None:
+    """A comparison ran out of time: never retried. Its non-numeric sides take a strike (a
+    plain number is never what makes sympy slow, so a gold like ``2`` is never struck)."""
+    _CUT_PAIRS.add(frozenset((a.norm, b.norm)))
+    for norm in (p.norm for p in (a, b) if p.number is None):
+        _STRIKES[norm] = _STRIKES.get(norm, 0) + 1
+        if _STRIKES[norm] >= MAX_STRIKES:
+            _CUT_PARSES.add(norm)
+
+
+def _timed_out(a: str, b: str | None = None) -> bool:
+    """Whether a time bound cut the parse of ``a`` (or ``b``), or their comparison."""
+    return a in _CUT_PARSES or (b is not None and (b in _CUT_PARSES or frozenset((a, b)) in _CUT_PAIRS))
+
+
+#: Largest number of decimal digits any subterm may reach before an answer is refused
+#: symbolic comparison. Big-integer arithmetic runs in C, where no signal can stop it,
+#: so ``9^{9^{9^{9}}}`` must be caught before sympy tries to evaluate it.
+MAX_DIGITS = 10_000
+
+
+#: Largest number of terms of a sum or product that is evaluated: sympy adds them one by one.
+MAX_TERMS_LOG10 = 6
+
+
+def _log10_bound(expr: Any, env: dict | None = None) -> float:
+    """An upper bound on log10 |value| of a sympy expression, without evaluating it.
+
+    ``env``: bounds of the summation / product variables in scope. ``inf`` also stands for
+    "too costly to evaluate" (a sum or product of more than 10^MAX_TERMS_LOG10 terms).
+    """
+    import math
+
+    import sympy
+
+    env = env or {}
+    bound = _log10_bound
+    if isinstance(expr, sympy.Integer | sympy.Rational):
+        # 2**bits > |p|: a bound within a factor 2 (digit counts are 10x loose, which
+        # refused 3^{2007} once it sat inside an equation).
+        p, q = int(expr.p), int(expr.q)
+        return max(abs(p).bit_length(), q.bit_length()) * math.log10(2)
+    if isinstance(expr, sympy.Float):
+        return max(0.0, math.log10(abs(float(expr)) + 1.0))
+    if isinstance(expr, sympy.Symbol):
+        return env.get(expr, 1.0)
+    if isinstance(expr, sympy.Pow):
+        base, exp = bound(expr.base, env), bound(expr.exp, env)
+        if exp > 300:
+            return math.inf
+        return max(base, 1.0) * 10.0**exp
+    if isinstance(expr, sympy.Mul):
+        return sum(max(bound(a, env), 0.0) for a in expr.args)
+    if isinstance(expr, sympy.factorial | sympy.gamma | sympy.factorial2 | sympy.binomial):
+        n = bound(expr.args[0], env)  # binomial(n, k) <= 2^n <= n!-sized: same bound
+        return math.inf if n > 300 else 10.0**n * max(n, 1.0)
+    if isinstance(expr, sympy.Sum | sympy.Product):
+        inner = dict(env)
+        count = 0.0
+        for var, *ends in expr.limits:
+            top = max((bound(e, env) for e in ends), default=1.0)
+            if top > MAX_TERMS_LOG10:
+                return math.inf
+            inner[var] = top
+            count += top
+        term = bound(expr.function, inner)
+        if isinstance(expr, sympy.Sum):
+            return term + count
+        return math.inf if term * 10.0**count > 1e300 else max(term, 0.0) * 10.0**count
+    if not getattr(expr, "args", ()):
+        return 1.0  # constants (pi, E, I, oo)
+    return max(bound(a, env) for a in expr.args) + math.log10(len(expr.args) + 1)
+
+
+def _magnitude_ok(expr: Any) -> bool:
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return True
+    try:
+        return _log10_bound(expr) <= MAX_DIGITS
+    except (RecursionError, TypeError, ValueError, OverflowError):
+        return False
+
+
+def _closed_statement(expr: Any) -> bool:
+    """An equation or inequality between constants, such as ``0.56 = 56`` once a trailing
+    ``\\%`` is read as a unit. math-verify would compare such answers by truth value (any two
+    false statements are then "equal"), so they are compared by its matched strings instead."""
+    import sympy
+
+    return isinstance(expr, sympy.logic.boolalg.Boolean) and not getattr(expr, "free_symbols", True)
+
+
+@dataclass
+class _Parsed:
+    """A normalised answer string and, lazily, its math-verify parse."""
+
+    norm: str
+    number: tuple[Fraction, int] | None  # plain numbers: (value, places), see _plain_number
+    expr: list | None = None  # math-verify parse; [] = not parseable
+    value: complex | None = None  # value of an expression at the probe point (see _probe)
+    constant: bool = False  # the expression has no free symbols: `value` is its exact value
+    scalar: bool = False  # a sympy expression (not a tuple, set, matrix, relation, ...)
+    items: int = 0  # entries of a tuple / set / matrix answer (0 for a scalar expression)
+    interval: bool = False  # an interval or a union of intervals
+
+    def parse(self, timeout_s: float) -> list:
+        if self.norm in _CUT_PARSES:
+            return []  # cut once: compared by string only from then on
+        if self.expr is None:
+            self.expr = []
+            if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
+                if _STORE is not None and _STORE.restore(self):
+                    return self.expr
+                try:
+                    with _time_limit(timeout_s, ("parse", self.norm)):
+                        # As inline math first (math-verify reads "18%" and units there), then
+                        # boxed (it reads "\\frac{24}{5}." there): the answer is whichever parses.
+                        # math-verify's parse is [expression, matched string]; verify compares
+                        # both, so both are kept (the string equates "05:00" with "05:00 cm").
+                        # Where neither wrapping yields an expression, math-verify compares the
+                        # matched strings ("\\sin^2 t" and "\\sin^2 t cm" both match "\\sin^2").
+                        strings: list = []
+                        for wrapped in ("$" + self.norm + "$", "\\boxed{" + self.norm + "}"):
+                            parsed = _mv_parse(
+                                wrapped,
+                                extraction_config=configure_math_verify()[2],
+                                parsing_timeout=None,
+                                fallback_mode="first_match",
+                            )
+                            if any(not isinstance(e, str) for e in parsed):
+                                self.expr = list(parsed)
+                                break
+                            strings = strings or list(parsed)
+                        else:
+                            self.expr = strings
+                except GradingTimeout:
+                    _CUT_PARSES.add(self.norm)
+                    self.expr = []
+                    return self.expr
+                if self.expr and not all(_magnitude_ok(e) for e in self.expr):
+                    _CUT_PARSES.add(self.norm)  # too large to evaluate: a bound, counted as one
+                    self.expr = []
+                    return self.expr
+                if self.expr and _closed_statement(self.expr[0]):
+                    # "0.56 = 56\\%": compared by math-verify's matched string, not truth value.
+                    self.expr = [e for e in self.expr if isinstance(e, str)]
+                if not self._probe(timeout_s):
+                    return []
+                if _STORE is not None:
+                    _STORE.add(self)  # a timed-out parse depends on the bound: never stored
+        return self.expr
+
+    def _probe(self, timeout_s: float) -> bool:
+        """Facts used only to skip ``verify`` where its answer is certain: expressions that
+        differ at one point are not equal as functions, and neither a collection of two or
+        more items nor an interval is ever one number. False when the probe ran out of time."""
+        import sympy
+
+        first = self.expr[0] if self.expr else None
+        self.interval = isinstance(first, sympy.Interval) or (
+            isinstance(first, sympy.Union) and all(isinstance(a, sympy.Interval) for a in first.args)
+        )
+        if isinstance(first, sympy.Tuple | sympy.FiniteSet):
+            self.items = len(first.args)
+        elif isinstance(first, sympy.MatrixBase):
+            self.items = first.rows * first.cols
+        elif isinstance(first, sympy.Expr) and first.has(_percent()):
+            # math-verify's percentages equal both X and X/100: only its verify decides them.
+            self.scalar = True
+        elif isinstance(first, sympy.Expr):
+            self.scalar = True
+            try:
+                with _time_limit(timeout_s, ("parse", self.norm)):
+                    self.value, self.constant = _value_at_probe(first)
+            except GradingTimeout:
+                _CUT_PARSES.add(self.norm)
+                self.expr = []
+                return False
+        return True
+
+
+@lru_cache(maxsize=1)
+def _percent() -> Any:
+    import sympy
+
+    return sympy.UnevaluatedExpr(sympy.Rational(1, 100))  # latex2sympy's "X%" = X * this
+
+
+
+
+def _probe_point(name: str) -> float:
+    """A fixed, irrational-looking value per symbol name, shared by every expression."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return 1.1 + int.from_bytes(digest[:4], "little") / 2**32 * 1.7
+
+
+def _value_at_probe(e: Any) -> tuple[complex | None, bool]:
+    """(value at the probe point, whether ``e`` is a constant) of a sympy expression."""
+    point = {s: _probe_point(s.name) for s in e.free_symbols}
+    try:
+        value = complex((e.subs(point) if point else e).evalf(30))
+    except (TypeError, ValueError, OverflowError, ArithmeticError, AttributeError):
+        return None, not point
+    return (value if cmath.isfinite(value) else None), not point
+
+
+class ParseStore:
+    """Parsed answers on disk, shared by every grading call that names the same file.
+
+    A sweep grades the same gold answers, and largely the same model answers, in every
+    cell's evaluation and in every round; parsing (math-verify's antlr LaTeX front end) is
+    the cost. The store keeps each normalised string's parse and probe facts in SQLite
+    (concurrent readers and writers from several processes are safe). The file name carries
+    the versions of this module's parser setup and of math-verify, so a change in either
+    starts a new file. Timed-out parses are never stored. Entries are pickled sympy
+    objects: keep the file where you keep your checkpoints.
+    """
+
+    VERSION = 2
+    _FIELDS = ("expr", "value", "constant", "scalar", "items", "interval")
+
+    def __init__(self, path: str | Path):
+        import sqlite3
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS parses (norm TEXT PRIMARY KEY, facts BLOB)")
+        self._pending: dict[str, bytes] = {}
+        self.hits = 0
+
+    @classmethod
+    def in_dir(cls, directory: str | Path) -> ParseStore:
+        from importlib.metadata import version as installed
+
+        version = installed("math-verify")
+        return cls(Path(directory) / f"parses-v{cls.VERSION}-math-verify-{version}.sqlite")
+
+    def restore(self, parsed: _Parsed) -> bool:
+        import pickle
+
+        row = self._db.execute("SELECT facts FROM parses WHERE norm = ?", (parsed.norm,)).fetchone()
+        if row is None:
+            return False
+        try:
+            facts = pickle.loads(row[0])
+        except Exception:  # an entry written by another sympy version: parse again
+            return False
+        for name, value in zip(self._FIELDS, facts, strict=True):
+            setattr(parsed, name, value)
+        self.hits += 1
+        return True
+
+    def add(self, parsed: _Parsed) -> None:
+        import pickle
+
+        # An object sympy cannot pickle is simply parsed again next time.
+        with contextlib.suppress(Exception):
+            self._pending[parsed.norm] = pickle.dumps(tuple(getattr(parsed, f) for f in self._FIELDS))
+
+    def flush(self) -> None:
+        if self._pending:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO parses (norm, facts) VALUES (?, ?)", list(self._pending.items())
+                )
+            self._pending.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+
+_STORE: ParseStore | None = None
+
+
+@contextlib.contextmanager
+def parse_store(directory: str | Path | None) -> Iterator[ParseStore | None]:
+    """Use (and fill) the on-disk parse store in ``directory`` for the calls inside;
+    ``None`` uses none. Parses already held in this process's memory stay valid."""
+    global _STORE
+    if directory is None:
+        yield None
+        return
+    previous, _STORE = _STORE, ParseStore.in_dir(directory)
+    try:
+        yield _STORE
+    finally:
+        store, _STORE = _STORE, previous
+        store.close()
+
+
+@lru_cache(maxsize=200_000)
+def _parsed(norm: str) -> _Parsed:
+    return _Parsed(norm, _plain_number(norm))
+
+
+def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
+    if a.norm == b.norm:
+        return True
+    if a.norm.endswith("%") or b.norm.endswith("%"):
+        return _percent_equal(a.norm, b.norm)
+    if a.number is not None and b.number is not None:
+        decided = _numbers_equal(a.number, b.number)
+        if decided is not None:
+            return decided
+    if _timed_out(a.norm, b.norm):
+        return False  # a time bound cut one of them, or this comparison, before
+    pa, pb = a.parse(timeout_s), b.parse(timeout_s)
+    if not pa or not pb:
+        return False
+    if a.value is not None and b.value is not None:
+        scale = max(1.0, abs(a.value), abs(b.value))
+        gap = abs(a.value - b.value)
+        if gap > 1e-6 * scale:
+            return False  # they differ at the probe point: not equal, no symbolic verify
+        if a.constant and b.constant and gap <= 1e-12 * max(abs(a.value), abs(b.value)):
+            # Two constants equal to 12 significant digits at 30-digit precision (relative:
+            # 1/29322216 and 1/29322316 differ by 1e-13 absolutely and are not equal).
+            return True
+    if (a.items >= 2 and b.scalar) or (b.items >= 2 and a.scalar):
+        return False  # a tuple / set / matrix of several items is never one number
+    if (a.interval and b.scalar and b.constant) or (b.interval and a.scalar and a.constant):
+        return False  # an interval is never a number
+    try:
+        with _time_limit(timeout_s, ("verify", a.norm, b.norm)):
+            return bool(_mv_verify(pa, pb, timeout_seconds=None) or _mv_verify(pb, pa, timeout_seconds=None))
+    except GradingTimeout:
+        _cut_pair(a, b)  # never paid twice; a string that cuts MAX_STRIKES is parsed no more
+        return False
+
+
+def answers_equal(a: str | None, b: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether two final answers are mathematically equivalent (math-verify).
+
+    Symmetric: true when ``verify`` holds in either direction. ``None`` equals nothing.
+    Each parse and the comparison are bounded by ``timeout_s`` (main thread only); an
+    answer that cannot be parsed in time compares by normalised string only.
+    """
+    if a is None or b is None:
+        return False
+    return _equal_parsed(_parsed(normalize_answer(a)), _parsed(normalize_answer(b)), timeout_s)
