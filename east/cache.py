@@ -90,8 +90,13 @@ class StageCache:
                 if problem is None:
                     log.info("stage %s: built by another process meanwhile (%s)", stage, key)
                     return StageResult(stage, key, final, True, time.perf_counter() - start)
-                log.warning("stage %s (key %s) at %s does not match its manifest: %s; rebuilding it",
-                            stage, key, final, problem)  # fmt: skip
+                log.warning(
+                    "stage %s (key %s) at %s does not match its manifest: %s; rebuilding it",
+                    stage,
+                    key,
+                    final,
+                    problem,
+                )
                 self._discard(final)
             return self._build(stage, config, inputs, key, final, build, start)
 
@@ -139,14 +144,26 @@ class StageCache:
         return removed
 
     def _build(
-        self, stage: str, config: Any, inputs: list[str], key: str, final: Path, build: Callable[[Path], None],
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        key: str,
+        final: Path,
+        build: Callable[[Path], None],
         start: float,
-    ) -> StageResult:  # fmt: skip
+    ) -> StageResult:
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            (tmp / "stage.json").write_text(json.dumps({"stage": stage, "config": config, "inputs": inputs},
-                                                        indent=1, sort_keys=True, default=str))  # fmt: skip
+            (tmp / "stage.json").write_text(
+                json.dumps(
+                    {"stage": stage, "config": config, "inputs": inputs},
+                    indent=1,
+                    sort_keys=True,
+                    default=str,
+                )
+            )
             build(tmp)
             write_manifest(tmp)  # last: an artifact without one was never finished
             try:

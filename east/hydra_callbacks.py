@@ -15,18 +15,12 @@ log = logging.getLogger(__name__)
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from east.plots import plot_accuracy_vs_sharpness
-        from east.report import build_table, collect_runs, to_csv, to_markdown
+        from east.report import collect_runs, write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             runs = collect_runs(sweep_dir)
-            if not runs:
-                return
-            table = build_table(runs)
-            (sweep_dir / "table.md").write_text(to_markdown(table))
-            to_csv(table, sweep_dir / "table.csv")
-            plot_accuracy_vs_sharpness(runs, sweep_dir / "accuracy_vs_sharpness.png")
-            log.info("sweep report: %s", sweep_dir / "table.md")
+            if runs:
+                log.info("sweep report: %s", write_report(runs, sweep_dir)["markdown"])
         except Exception as e:
             log.warning("could not write the sweep report in %s: %s", sweep_dir, e)

@@ -73,8 +73,11 @@ def llama3_style(tokenizer: PreTrainedTokenizerFast, pad_token: str | None = Non
 
     from east.prompts import LLAMA3_PAPER
 
-    specials = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]}  # fmt: skip
+    specials = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+    }
     if pad_token:
         specials["pad_token"] = pad_token
     tokenizer.add_special_tokens(specials)
@@ -125,8 +128,14 @@ def resolve_dtype(name: str) -> torch.dtype:
             torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         )
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                "float16": torch.float16, "fp16": torch.float16}[name]  # fmt: skip
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; allowed: auto, float32, bfloat16, float16") from None
 

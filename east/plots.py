@@ -54,12 +54,19 @@ def plot_run(histograms: dict[str, list[float]], out_dir: str | Path) -> list[Pa
 
 def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Trained accuracy vs sharpness per objective and test set, mean and seed spread (the
-    paper's Figure 3), for runs of the entropy mappings."""
+    paper's Figure 3), for runs of the paper's mapping (power) and vanilla runs (at a = 0)."""
+    from east.weighting import is_vanilla
+
     series: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        if r["run"]["mapping"] not in ("power", "uniform"):
+        if r["run"]["objective"] == "none":
             continue
-        a = 0.0 if r["run"]["mapping"] == "uniform" else float(r["run"]["sharpness"])
+        if is_vanilla(r["run"]["mapping"], r["run"]["sharpness"]):
+            a = 0.0
+        elif r["run"]["mapping"] == "power":
+            a = float(r["run"]["sharpness"])
+        else:
+            continue
         for test, e in r["eval"].items():
             if e.get("trained") is not None:
                 series[(r["run"]["objective"], test)][a].append(100 * e["trained"])

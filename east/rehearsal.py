@@ -27,13 +27,21 @@ from typing import Any
 def _warmup_questions(data_dir: Path, per_dataset: int) -> list[tuple[str, str]]:
     """(question, gold) of the first training questions of GSM8K and MATH, the ones the
     rehearsal's cells train on (dataset.max_train takes the first rows)."""
-    from east.data.loaders import SourceSpec, load_problems
+    from east.data.loaders import DatasetConfig, load_problems
 
-    specs = [SourceSpec(name="gsm8k", path=str(data_dir / "gsm8k"), split="train", answer_field="answer",
-                        gold_format="gsm8k", limit=per_dataset),
-             SourceSpec(name="math", path=str(data_dir / "math"), split="train", question_field="problem",
-                        solution_field="solution", gold_format="boxed", limit=per_dataset, on_bad_row="skip")]  # fmt: skip
-    return [(p.question, p.gold) for spec in specs for p in load_problems(spec)]
+    gsm8k = DatasetConfig(
+        name="gsm8k", path=str(data_dir / "gsm8k"), answer_field="answer", gold_format="gsm8k"
+    )
+    math = DatasetConfig(
+        name="math",
+        path=str(data_dir / "math"),
+        question_field="problem",
+        solution_field="solution",
+        gold_format="boxed",
+        on_bad_row="skip",
+    )
+    loaded = [load_problems(d, d.name, "train", limit=per_dataset)[0] for d in (gsm8k, math)]
+    return [(p.question, p.gold) for problems in loaded for p in problems]
 
 
 def _fit_completions(model: Any, rows: list[tuple[list[int], list[int]]], steps: int, pad: int) -> None:
@@ -94,10 +102,19 @@ def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300)
     tok = llama3_style(tok, pad_token="<|finetune_right_pad_id|>")
     bos = tok.bos_token_id
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=bos, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=bos,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -128,8 +145,8 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     sample and base-evaluation artifacts are shared across cells."""
     from transformers import AutoTokenizer
 
-    from east.pipeline import model_path
     from east.report import build_table, setting_of
+    from east.train_stage import model_path
 
     runs = []
     for d in sweep_dirs:
@@ -146,13 +163,19 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
                 problems.append(f"{name}: effective batch {t['effective_batch_size']} != {global_batch}")
     table = build_table(runs)
     wanted = {(r["run"]["model"], setting_of(r), r["run"]["dataset"]) for r in runs}
-    empty = [f"{rec['model']} {rec['label']} {t}" for rec in table for t in ("gsm8k", "math")
-             if (rec["model"], rec["row"], t) in wanted and rec[t]["mean"] is None]  # fmt: skip
+    empty = [
+        f"{rec['model']} {rec['label']} {t}"
+        for rec in table
+        for t in ("gsm8k", "math")
+        if (rec["model"], rec["row"], t) in wanted and rec[t]["mean"] is None
+    ]
     if empty:
         problems.append(f"table cells left empty: {empty}")
     samples = {r["stages"]["sample"]["key"] for r in runs if "sample" in r["stages"]}
     sample_builds = sum(1 for r in runs if "sample" in r["stages"] and not r["stages"]["sample"]["cached"])
-    base_evals = sum(1 for r in runs for k, s in r["stages"].items() if k.startswith("evaluate_base_") and not s["cached"])  # fmt: skip
+    base_evals = sum(
+        1 for r in runs for k, s in r["stages"].items() if k.startswith("evaluate_base_") and not s["cached"]
+    )
     if sample_builds > len(samples):  # 0 is fine: a warm cache from an earlier rehearsal
         problems.append(f"{sample_builds} sample stages built for {len(samples)} distinct keys: not reused")
     bos_checked = 0
@@ -174,9 +197,15 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     for test, digests in by_test.items():
         if len(digests) != 1:
             problems.append(f"test set {test}: {len(digests)} different prompt renderings across models")
-    summary = {"cells": len(runs), "distinct_sample_keys": len(samples), "sample_builds": sample_builds,
-               "base_evaluations_built": base_evals, "bos_checked": bos_checked, "train_processes": processes,
-               "problems": problems}  # fmt: skip
+    summary = {
+        "cells": len(runs),
+        "distinct_sample_keys": len(samples),
+        "sample_builds": sample_builds,
+        "base_evaluations_built": base_evals,
+        "bos_checked": bos_checked,
+        "train_processes": processes,
+        "problems": problems,
+    }
     return summary
 
 

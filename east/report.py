@@ -6,7 +6,7 @@ project (each run stores its results.json in its summary). The table has the pap
 cell is mean ± std over seeds with the seed count; the paper's number sits beside it with
 our difference. Missing cells stay missing (never zero).
 
-    python -m east.report multirun/2026-11-26/10-00-00 --out table   # writes table.md, table.csv
+    python -m east.report multirun/2026-11-26/10-00-00   # writes table.md, table.csv, the figure
 """
 
 from __future__ import annotations
@@ -19,26 +19,49 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PAPER", "ROWS", "build_table", "collect_runs", "collect_wandb", "setting_of", "to_markdown"]
+__all__ = [
+    "PAPER",
+    "ROWS",
+    "build_table",
+    "collect_runs",
+    "collect_wandb",
+    "paper_number",
+    "setting_of",
+    "to_markdown",
+    "write_report",
+]
 
-#: east-method.md section 3, accuracy % (GSM8K / MATH).
+#: east-method.md section 3, accuracy % (GSM8K / MATH): the one copy of the paper's numbers.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
     "llama-3.2-1b": {
-        "default": {"gsm8k": 46.2, "math": 28.5}, "sft": {"gsm8k": 50.1, "math": 28.4},
-        "sft_east": {"gsm8k": 51.8, "math": 29.4}, "dpo": {"gsm8k": 50.2, "math": 28.7},
-        "dpo_east": {"gsm8k": 51.9, "math": 29.7}, "kto": {"gsm8k": 53.0, "math": 28.8},
+        "default": {"gsm8k": 46.2, "math": 28.5},
+        "sft": {"gsm8k": 50.1, "math": 28.4},
+        "sft_east": {"gsm8k": 51.8, "math": 29.4},
+        "dpo": {"gsm8k": 50.2, "math": 28.7},
+        "dpo_east": {"gsm8k": 51.9, "math": 29.7},
+        "kto": {"gsm8k": 53.0, "math": 28.8},
         "kto_east": {"gsm8k": 53.0, "math": 29.9},
     },
     "llama-3.1-8b": {
-        "default": {"gsm8k": 82.8, "math": 50.4}, "sft": {"gsm8k": 85.0, "math": 50.0},
-        "sft_east": {"gsm8k": 86.1, "math": 51.2}, "dpo": {"gsm8k": 84.6, "math": 50.1},
-        "dpo_east": {"gsm8k": 85.4, "math": 50.9}, "kto": {"gsm8k": 83.9, "math": 48.9},
+        "default": {"gsm8k": 82.8, "math": 50.4},
+        "sft": {"gsm8k": 85.0, "math": 50.0},
+        "sft_east": {"gsm8k": 86.1, "math": 51.2},
+        "dpo": {"gsm8k": 84.6, "math": 50.1},
+        "dpo_east": {"gsm8k": 85.4, "math": 50.9},
+        "kto": {"gsm8k": 83.9, "math": 48.9},
         "kto_east": {"gsm8k": 85.1, "math": 51.0},
     },
-}  # fmt: skip
+}
 ROWS = ["default", "sft", "sft_east", "dpo", "dpo_east", "kto", "kto_east"]
-LABELS = {"default": "default", "sft": "SFT", "sft_east": "+EAST", "dpo": "DPO", "dpo_east": "+EAST",
-          "kto": "KTO", "kto_east": "+EAST"}  # fmt: skip
+LABELS = {
+    "default": "default",
+    "sft": "SFT",
+    "sft_east": "+EAST",
+    "dpo": "DPO",
+    "dpo_east": "+EAST",
+    "kto": "KTO",
+    "kto_east": "+EAST",
+}
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -69,13 +92,25 @@ def collect_wandb(
 
 
 def setting_of(run: dict[str, Any]) -> str:
-    """The table row of a run: ``default``, ``sft`` / ``dpo`` / ``kto`` (uniform weights, or
-    power with a = 0) or ``<objective>_east`` (any other weighting)."""
-    r = run["run"]
+    """The table row of a run: ``default``, ``sft`` / ``dpo`` / ``kto`` (vanilla: uniform
+    weights, see :func:`east.weighting.is_vanilla`) or ``<objective>_east`` (any other
+    weighting). ``run``: a results.json, or its ``run`` section."""
+    from east.weighting import is_vanilla
+
+    r = run.get("run", run)
     if r["objective"] == "none":
         return "default"
-    vanilla = r["mapping"] == "uniform" or (r["mapping"] in ("power", "exponential") and r["sharpness"] == 0)
-    return r["objective"] if vanilla else f"{r['objective']}_east"
+    return r["objective"] if is_vanilla(r["mapping"], r["sharpness"]) else f"{r['objective']}_east"
+
+
+def paper_number(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper's accuracy for a run's (model, setting, dataset), or None where the paper
+    has no such cell. ``run``: results.json's ``run`` section."""
+    setting = setting_of(run)
+    accuracy = PAPER.get(run["model"], {}).get(setting, {}).get(run["dataset"])
+    if accuracy is None:
+        return None
+    return {"model": run["model"], "setting": setting, "test_set": run["dataset"], "accuracy": accuracy}
 
 
 def variant_of(run: dict[str, Any]) -> str:
@@ -130,15 +165,25 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
                     if seeds:
                         m, s = _mean_std(list(seeds.values()))
                         means.append(m)
-                        rec[test] = {"mean": m, "std": s, "seeds": len(seeds), "paper": ref,
-                                     "diff": None if ref is None else m - ref}  # fmt: skip
+                        rec[test] = {
+                            "mean": m,
+                            "std": s,
+                            "seeds": len(seeds),
+                            "paper": ref,
+                            "diff": None if ref is None else m - ref,
+                        }
                     else:
                         rec[test] = {"mean": None, "std": None, "seeds": 0, "paper": ref, "diff": None}
                 refs = [paper.get(model, {}).get(row, {}).get(t) for t in tests]
                 avg_ref = sum(refs) / len(refs) if refs and all(r is not None for r in refs) else None
                 avg = sum(means) / len(means) if len(means) == len(tests) and means else None
-                rec["AVG"] = {"mean": avg, "std": None, "seeds": None, "paper": avg_ref,
-                              "diff": None if avg is None or avg_ref is None else avg - avg_ref}  # fmt: skip
+                rec["AVG"] = {
+                    "mean": avg,
+                    "std": None,
+                    "seeds": None,
+                    "paper": avg_ref,
+                    "diff": None if avg is None or avg_ref is None else avg - avg_ref,
+                }
                 if any(rec[t]["mean"] is not None for t in tests) or avg_ref is not None:
                     table.append(rec)
     return table
@@ -182,25 +227,35 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
             w.writerow([rec["model"], rec["row"], rec["variant"], *values])
 
 
+def write_report(runs: list[dict[str, Any]], out_dir: str | Path, name: str = "table") -> dict[str, Path]:
+    """The table (Markdown and CSV) and the accuracy-vs-sharpness figure of ``runs``, written
+    into ``out_dir``: what the sweep callback, ``python -m east.report`` and the notebook
+    all produce. Returns the paths by kind."""
+    from east.plots import plot_accuracy_vs_sharpness
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = build_table(runs)
+    paths = {"markdown": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv"}
+    paths["markdown"].write_text(to_markdown(table))
+    to_csv(table, paths["csv"])
+    paths["figure"] = plot_accuracy_vs_sharpness(runs, out_dir / "accuracy_vs_sharpness.png")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the EAST results table from a sweep folder.")
     parser.add_argument("sweep_dir")
-    parser.add_argument("--out", default=None, help="write OUT.md and OUT.csv (default: print)")
-    parser.add_argument("--plots", action="store_true", help="also write the sweep plots into sweep_dir")
+    parser.add_argument(
+        "--out", default=None, help="folder for table.md, table.csv and the figure (default: sweep_dir)"
+    )
     args = parser.parse_args(argv)
     runs = collect_runs(args.sweep_dir)
     if not runs:
         raise SystemExit(f"no results.json under {args.sweep_dir}")
-    table = build_table(runs)
-    md = to_markdown(table)
-    if args.out:
-        Path(f"{args.out}.md").write_text(md)
-        to_csv(table, f"{args.out}.csv")
-    print(md)
-    if args.plots:
-        from east.plots import plot_accuracy_vs_sharpness
-
-        plot_accuracy_vs_sharpness(runs, Path(args.sweep_dir) / "accuracy_vs_sharpness.png")
+    paths = write_report(runs, args.out or args.sweep_dir)
+    print(paths["markdown"].read_text())
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
 
 
 if __name__ == "__main__":

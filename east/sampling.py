@@ -2,49 +2,40 @@
 
 The contract every backend keeps: ``generate(model_path, prompts, seeds, params)`` takes
 each prompt as token ids (tokenized once by :func:`east.prompts.build_prompts`, so every
-backend sees the same ids) and returns, for prompt i, one response per seed in
-``seeds[i]``, in that order; the same (prompt, seed) gives the same response whatever the
-batch it ran in or the process count. Seeds come from :func:`sample_seed` (question id,
-sample index, round). Temperature 0 is greedy decoding. Backends that sample also leave
+backend sees the same ids) and returns a :class:`Generation`: for prompt i, one response per
+seed in ``seeds[i]``, in that order; the same (prompt, seed) gives the same response whatever
+the batch it ran in or the process count. Seeds come from :func:`sample_seed` (question id,
+sample index, round). Temperature 0 is greedy decoding. A backend that samples also returns
 ``token_entropy``: per prompt and response, the mean entropy (nats) of the sampling
 distribution over the response's tokens.
 
-Backends register by name (``hf`` here, ``vllm`` in :mod:`east.sampling_vllm`).
+Backends are built by ``hydra.utils.instantiate`` from ``conf/sampler/*.yaml`` (``_target_``):
+:class:`HFSampler` here, ``east.sampling_vllm.VLLMSampler``, or a class of your own that
+keeps the contract. ``cache_key`` is what of the backend shapes its samples: it goes into the
+keys of the stages that generate.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from east.config import SamplingParams
 from east.selection import derive_seed
 
-log = logging.getLogger(__name__)
-
-__all__ = ["SAMPLERS", "HFSampler", "Sampler", "SamplingParams", "get_sampler", "sample_seed"]
+__all__ = ["Generation", "HFSampler", "Sampler", "SamplingParams", "check_token_ids", "sample_seed"]
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    n: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+class Generation:
+    """What ``generate`` returns: per prompt, its responses in seed order, and (backends that
+    record it, when sampling) each response's mean token entropy in nats."""
 
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"sampling n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampling max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    texts: list[list[str]]
+    token_entropy: list[list[float]] | None = None
 
 
 def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str) -> int:
@@ -53,29 +44,11 @@ def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str)
 
 
 class Sampler(Protocol):
+    cache_key: Any
+
     def generate(
         self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
-    ) -> list[list[str]]: ...
-
-
-SAMPLERS: dict[str, Callable[..., Sampler]] = {}
-
-
-def register_sampler(name: str) -> Callable:
-    def decorator(cls: Callable[..., Sampler]) -> Callable[..., Sampler]:
-        SAMPLERS[name] = cls
-        return cls
-
-    return decorator
-
-
-def get_sampler(name: str, **kwargs: Any) -> Sampler:
-    if name == "vllm" and name not in SAMPLERS:
-        import east.sampling_vllm  # noqa: F401  (registers itself; clear error if vLLM is absent)
-    try:
-        return SAMPLERS[name](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; allowed: hf, vllm") from None
+    ) -> Generation: ...
 
 
 class SeededGumbelSampling:
@@ -110,9 +83,11 @@ class SeededGumbelSampling:
         return scores + gumbel
 
 
-@register_sampler("hf")
 class HFSampler:
     """Batched ``transformers.generate``: prompts grouped by length, n rows per prompt."""
+
+    #: The backend shapes its samples by nothing beyond its name (batching does not matter).
+    cache_key = "hf"
 
     def __init__(
         self, batch_size: int = 64, dtype: str = "auto", device: str = "auto", progress: bool = True
@@ -128,7 +103,7 @@ class HFSampler:
 
     def generate(
         self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
-    ) -> list[list[str]]:
+    ) -> Generation:
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -138,12 +113,11 @@ class HFSampler:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
         tokenizer = load_tokenizer(model_path)
         model = load_model(model_path, self.dtype).to(self.device).eval()
-        encoded = _check_token_ids(prompts)
+        encoded = check_token_ids(prompts)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
         out: list[list[str]] = [[""] * len(s) for s in seeds]
-        #: Mean token entropy (nats) of each sampled response, aligned with the output.
-        self.token_entropy: list[list[float]] | None = [[0.0] * len(s) for s in seeds]
+        entropy: list[list[float]] = [[0.0] * len(s) for s in seeds]
         greedy = params.temperature == 0
         config = GenerationConfig(
             do_sample=False,
@@ -182,21 +156,19 @@ class HFSampler:
             )
             for r, (i, j, _) in enumerate(batch):
                 if mean_entropy is not None:
-                    self.token_entropy[i][j] = float(mean_entropy[r])
+                    entropy[i][j] = float(mean_entropy[r])
                 tokens = new[r]
                 length = int((tokens != tokenizer.pad_token_id).sum())
                 self.tokens_generated += length
                 out[i][j] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
             bar.update(len(batch))
         bar.close()
-        if greedy:
-            self.token_entropy = None
         self.seconds += time.perf_counter() - start
         del model
-        return out
+        return Generation(out, None if greedy else entropy)
 
 
-def _check_token_ids(prompts: list[list[int]]) -> list[list[int]]:
+def check_token_ids(prompts: list[list[int]]) -> list[list[int]]:
     """Prompts must arrive tokenized (east.prompts.build_prompts), never as text."""
     for i, p in enumerate(prompts):
         if isinstance(p, str) or not all(isinstance(t, int) for t in p):

@@ -18,7 +18,7 @@ import math
 import time
 from typing import Any
 
-from east.sampling import SamplingParams, _check_token_ids, register_sampler
+from east.sampling import Generation, SamplingParams, check_token_ids
 
 try:
     import vllm
@@ -29,7 +29,6 @@ except ImportError as e:  # pragma: no cover - exercised through the error messa
     ) from e
 
 
-@register_sampler("vllm")
 class VLLMSampler:
     def __init__(
         self,
@@ -39,12 +38,16 @@ class VLLMSampler:
         entropy_top_k: int = 20,
     ):
         self.entropy_top_k = entropy_top_k
-        self.kwargs = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
-                       "dtype": dtype if dtype != "float32" else "float32"}  # fmt: skip
+        self.kwargs = {
+            "tensor_parallel_size": tensor_parallel_size,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "dtype": dtype,
+        }
+        #: Token entropies come from the top-k log-probs, so k shapes the samples' records.
+        self.cache_key = {"name": "vllm", "entropy_top_k": entropy_top_k}
         self._engines: dict[str, Any] = {}
         self.tokens_generated = 0
         self.seconds = 0.0
-        self.token_entropy: list[list[float]] | None = None
 
     def _engine(self, model_path: str) -> Any:
         if model_path not in self._engines:
@@ -54,12 +57,12 @@ class VLLMSampler:
 
     def generate(
         self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
-    ) -> list[list[str]]:
+    ) -> Generation:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
         llm = self._engine(model_path)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
-        prompts = _check_token_ids(prompts)
+        prompts = check_token_ids(prompts)
         requests = [{"prompt_token_ids": list(prompts[i])} for i, _, _ in rows]
         sampled = params.temperature > 0 and self.entropy_top_k > 0
         sampling = [
@@ -84,8 +87,7 @@ class VLLMSampler:
             out[i][j] = completion.text.strip()
             if sampled:
                 entropy[i][j] = mean_top_k_entropy(completion.logprobs or [], params.temperature)
-        self.token_entropy = entropy if sampled else None
-        return out
+        return Generation(out, entropy if sampled else None)
 
 
 def mean_top_k_entropy(steps: list[dict[int, Any]], temperature: float) -> float:

@@ -10,6 +10,7 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the sampler imports derive_seed without math-verify
@@ -19,6 +20,7 @@ __all__ = [
     "FILTER_RULES",
     "FilterConfig",
     "GradedQuestion",
+    "Objective",
     "build_dpo",
     "build_kto",
     "build_records",
@@ -45,9 +47,19 @@ class GradedQuestion:
             )
 
 
-@dataclass(frozen=True)
+class Objective(StrEnum):
+    """The training objectives, each with a record builder here and a weighted trainer in
+    :mod:`east.training`."""
+
+    sft = "sft"
+    dpo = "dpo"
+    kto = "kto"
+
+
+@dataclass
 class FilterConfig:
-    """Which questions are kept for training (all-incorrect ones are always dropped)."""
+    """``filters``: which questions are kept for training (all-incorrect ones are always
+    dropped)."""
 
     drop_all_correct: bool = True  # H = 0 questions; the reference drops them for every method
     require_boxed_correct: bool = True  # at least one correct answer inside \boxed{}
@@ -59,9 +71,10 @@ FILTER_RULES = ("all_incorrect", "all_correct", "no_boxed_correct", "no_boxed_in
 
 
 def filter_questions(
-    questions: Sequence[GradedQuestion], config: FilterConfig = FilterConfig()
+    questions: Sequence[GradedQuestion], config: FilterConfig | None = None
 ) -> tuple[list[GradedQuestion], dict[str, int]]:
     """Keep the questions EAST trains on; return them and the count dropped by each rule."""
+    config = config or FilterConfig()
     dropped = dict.fromkeys(FILTER_RULES, 0)
     kept = []
     for q in questions:
@@ -174,11 +187,11 @@ def build_kto(
     return records
 
 
-BUILDERS = {"sft": build_sft, "dpo": build_dpo, "kto": build_kto}
+BUILDERS = {Objective.sft: build_sft, Objective.dpo: build_dpo, Objective.kto: build_kto}
 
 
 def build_records(
-    objective: str,
+    objective: Objective | str,
     questions: Sequence[GradedQuestion],
     weights: Sequence[float],
     *,
@@ -187,7 +200,7 @@ def build_records(
 ) -> list[dict[str, Any]]:
     """Dispatch to the builder of ``objective`` (``sft``, ``dpo`` or ``kto``)."""
     try:
-        builder = BUILDERS[objective]
-    except KeyError:
-        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(BUILDERS)}") from None
+        builder = BUILDERS[Objective(objective)]
+    except ValueError:
+        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(Objective)}") from None
     return builder(questions, weights, seed=seed, **kwargs)

@@ -78,8 +78,12 @@ class WandbLogger(NullLogger):
             return fn(*args, **kwargs)
         except Exception as e:
             if not self.failed:
-                log.warning("W&B %s failed (%s: %s); W&B logging stops here, results.json is still written",
-                            what, type(e).__name__, e)  # fmt: skip
+                log.warning(
+                    "W&B %s failed (%s: %s); W&B logging stops here, results.json is still written",
+                    what,
+                    type(e).__name__,
+                    e,
+                )
             self.failed = True
             run, self.run = self.run, None  # never call into a broken run again
             if run is not None and what != "finish":
@@ -91,9 +95,18 @@ class WandbLogger(NullLogger):
         import wandb
 
         self.run = self._safe(
-            "init", wandb.init, project=self.project, entity=self.entity, mode=self.mode, config=config,
-            name=name, group=group, dir=directory, tags=self.tags, reinit="finish_previous",
-        )  # fmt: skip
+            "init",
+            wandb.init,
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            config=config,
+            name=name,
+            group=group,
+            dir=directory,
+            tags=self.tags,
+            reinit="finish_previous",
+        )
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> None:
-    from east.pipeline import train_from_spec
+    from east.train_stage import train_from_spec
 
     spec = json.loads(Path(spec_path).read_text())
     train_from_spec(spec)

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
+from east.selection import Objective
+
 __all__ = [
     "WeightedDPOTrainer",
     "WeightedKTOTrainer",
@@ -348,8 +350,11 @@ class _GradWeightedMixin(_WeightedMixin):
 
 
 #: DPO loss types that mix rows across the batch, where a per-pair weight is not exact.
-DPO_REFUSED = {"aot": "sorts log-ratios across the batch", "aot_unpaired": "sorts log-ratios across the batch",
-               "sft": "is a token mean over the whole batch"}  # fmt: skip
+DPO_REFUSED = {
+    "aot": "sorts log-ratios across the batch",
+    "aot_unpaired": "sorts log-ratios across the batch",
+    "sft": "is a token mean over the whole batch",
+}
 
 
 def _dpo_unsupported(args: DPOConfig | None) -> str | None:
@@ -392,8 +397,9 @@ class WeightedKTOTrainer(_GradWeightedMixin, KTOTrainer):
         return torch.cat([index[label.to(w.device)], index[~label.to(w.device)]])
 
 
-TRAINERS: dict[str, tuple[type, type]] = {
-    "sft": (WeightedSFTTrainer, SFTConfig),
-    "dpo": (WeightedDPOTrainer, DPOConfig),
-    "kto": (WeightedKTOTrainer, KTOConfig),
+#: Per objective (:class:`east.selection.Objective`): its weighted trainer and TRL config class.
+TRAINERS: dict[Objective, tuple[type, type]] = {
+    Objective.sft: (WeightedSFTTrainer, SFTConfig),
+    Objective.dpo: (WeightedDPOTrainer, DPOConfig),
+    Objective.kto: (WeightedKTOTrainer, KTOConfig),
 }

@@ -17,9 +17,8 @@ a constant typed into its shell scripts). Adding a mapping is one decorated func
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -30,16 +29,18 @@ __all__ = [
     "compute_weights",
     "entropy",
     "get_mapping",
+    "is_vanilla",
     "normalize",
     "register_mapping",
 ]
 
-#: Per-question statistics a mapping may read, and the QuestionGrade field behind each.
+#: Per-question statistics a mapping may read: the first three are fields of
+#: :class:`east.grading.QuestionGrade`; token_entropy is recorded by the sampler.
 SIGNALS: dict[str, str] = {
-    "entropy": "entropy",  # H, bits, of the answer-cluster distribution
-    "accuracy": "accuracy",  # A, share of correct responses
-    "rejected": "rejected_share",  # R, share of the most frequent incorrect answer
-    "token_entropy": "token_entropy",  # mean token-level entropy of the sampled responses
+    "entropy": "H, bits, of the answer-cluster distribution (QuestionGrade.entropy)",
+    "accuracy": "A, share of correct responses (QuestionGrade.accuracy)",
+    "rejected": "R, share of the most frequent incorrect answer (QuestionGrade.rejected_share)",
+    "token_entropy": "mean token-level entropy of the sampled responses (the sampler's record)",
 }
 
 
@@ -49,6 +50,7 @@ class MappingSpec:
     signal: str
     raw: Callable[[np.ndarray, float], np.ndarray]  # un-normalised g(s; a)
     doc: str
+    uniform_at_zero: bool = True  # sharpness 0 gives every question weight 1 (vanilla)
 
     def __call__(self, signal: Sequence[float] | np.ndarray, sharpness: float) -> np.ndarray:
         s = _check_signal(signal, self.name, self.signal)
@@ -59,16 +61,17 @@ class MappingSpec:
 MAPPINGS: dict[str, MappingSpec] = {}
 
 
-def register_mapping(name: str, *, signal: str = "entropy") -> Callable:
+def register_mapping(name: str, *, signal: str = "entropy", uniform_at_zero: bool = True) -> Callable:
     """Register ``fn(signal, sharpness) -> raw weights`` under ``name``; it is normalised to
-    mean 1 and input-checked by the registry, so ``fn`` holds only the formula."""
+    mean 1 and input-checked by the registry, so ``fn`` holds only the formula.
+    ``uniform_at_zero``: sharpness 0 gives uniform weights (the run is then vanilla)."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; allowed: {', '.join(SIGNALS)}")
 
     def decorator(fn: Callable[[np.ndarray, float], np.ndarray]) -> MappingSpec:
         if name in MAPPINGS:
             raise ValueError(f"mapping {name!r} is already registered")
-        spec = MappingSpec(name, signal, fn, (fn.__doc__ or "").strip())
+        spec = MappingSpec(name, signal, fn, (fn.__doc__ or "").strip(), uniform_at_zero)
         MAPPINGS[name] = spec
         return spec
 
@@ -80,6 +83,14 @@ def get_mapping(name: str) -> MappingSpec:
         return MAPPINGS[name]
     except KeyError:
         raise ValueError(f"unknown mapping {name!r}; allowed: {', '.join(sorted(MAPPINGS))}") from None
+
+
+def is_vanilla(mapping: str, sharpness: float) -> bool:
+    """Whether a run with this weighting is vanilla self-training (every weight 1): the
+    ``uniform`` mapping, or any mapping registered as uniform at sharpness 0 with a = 0. The
+    one rule the results table and the figures share."""
+    spec = MAPPINGS.get(mapping)
+    return mapping == "uniform" or (spec is not None and spec.uniform_at_zero and float(sharpness) == 0.0)
 
 
 # --------------------------------------------------------------------------- checks
@@ -202,18 +213,7 @@ def entropy(cluster_sizes: Sequence[int]) -> float:
     return h if h > 0 else 0.0  # one cluster: exactly 0.0, not -0.0
 
 
-def compute_weights(
-    stats: Sequence[Any] | Mapping[str, Sequence[float]], mapping: str, sharpness: float
-) -> np.ndarray:
-    """Weights for a training set, from per-question statistics.
-
-    ``stats`` is either a sequence of objects with the statistic as an attribute (e.g.
-    :class:`east.grading.QuestionGrade`) or a mapping from signal name to values.
-    """
-    spec = get_mapping(mapping)
-    field = SIGNALS[spec.signal]
-    if isinstance(stats, Mapping):
-        values = stats[spec.signal] if spec.signal in stats else stats[field]
-    else:
-        values = [getattr(s, field) for s in stats]
-    return spec(values, sharpness)
+def compute_weights(values: Sequence[float] | np.ndarray, mapping: str, sharpness: float) -> np.ndarray:
+    """Weights for a training set: the mapping ``mapping`` applied to the per-question values
+    of the signal it reads (``get_mapping(mapping).signal``, e.g. each question's entropy)."""
+    return get_mapping(mapping)(values, sharpness)

@@ -62,7 +62,7 @@ for model in llama1b llama8b; do
   sweeps+=("$out/$model")
 done
 ((${#sweeps[@]})) || { echo "no experiment matches '$pattern'" >&2; exit 2; }
-python -m east.report "$out" --out "$out/table"
+python -m east.report "$out"
 if [[ $mode == rehearsal ]]; then
   python -m east.rehearsal check "${sweeps[@]}" --cache "$cache" --global-batch "$global_batch" \
     --cells "$total"

@@ -10,6 +10,6 @@ shift || true
 start=$(date +%s)
 python run.py -m objective=sft,dpo,kto mapping=uniform,power seed=0,1,2 logger=none \
   hydra.sweep.dir="$dir" 'hydra.sweep.subdir=${hydra.job.num}' "$@"
-python -m east.report "$dir" --out "$dir/table" --plots
+python -m east.report "$dir"
 python -c "from east.plots import plot_mappings; plot_mappings('$dir/mappings.png')"
 echo "wall time: $(( $(date +%s) - start )) s"

@@ -1,4 +1,8 @@
-"""Shared fixtures: where the real datasets live, and the tiny model used end to end."""
+"""Shared fixtures (where the real datasets live, the tiny models used end to end) and the
+test tiers: ``tests/unit`` (pure logic, seconds), ``tests/integration`` (tiny models, Hydra,
+worker processes), ``tests/e2e`` (whole pipeline runs, minutes) and ``tests/gpu`` (needs
+CUDA; skipped cleanly without it). Each test carries its tier as a marker, so
+``python -m pytest -m unit`` runs the fast tier alone."""
 
 from __future__ import annotations
 
@@ -8,6 +12,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "e2e", "gpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = None
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(
+                    pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+                )
+
+
 SHARED_DATA = Path(os.environ.get("EAST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from east.data.arith import ArithSpec, generate
-from east.data.loaders import DataError, SourceSpec, load_problems
+from east.data.arith import ArithConfig, generate
+from east.data.loaders import DataError, DatasetConfig, load_problems
 from east.data.problems import Problem
 
-__all__ = ["DataError", "Problem", "Splits", "load_splits"]
-
-_SOURCE_KEYS = {f for f in SourceSpec.__dataclass_fields__ if f not in ("name", "skipped")}
+__all__ = ["ArithConfig", "DataError", "DatasetConfig", "Problem", "Splits", "load_splits"]
 
 
 @dataclass
@@ -26,35 +23,20 @@ def _limit(problems: list[Problem], n: int | None) -> list[Problem]:
     return problems if n is None else problems[:n]
 
 
-def load_splits(cfg: dict[str, Any]) -> Splits:
+def load_splits(d: DatasetConfig) -> Splits:
     """Build the splits a dataset config describes (see ``conf/dataset/*.yaml``)."""
-    if cfg["name"] == "arith":
-        spec = ArithSpec(**cfg["arith"])
-        parts = generate(spec)
+    if d.arith is not None:
+        parts = generate(d.arith)
         return Splits(
-            train=_limit(parts["train"], cfg.get("max_train")),
-            tests={"arith": _limit(parts["test"], cfg.get("max_test"))},
+            train=_limit(parts["train"], d.max_train),
+            tests={"arith": _limit(parts["test"], d.max_test)},
             warmup=parts["warmup"],
         )
-    base = {
-        k: cfg[k] for k in _SOURCE_KEYS if cfg.get(k) is not None and k not in ("split", "limit", "hub_split")
-    }
-    train_spec = SourceSpec(name=cfg["name"], split=cfg["train_split"], limit=cfg.get("max_train"), **base)
-    splits = Splits(train=load_problems(train_spec), tests={})
-    splits.skipped["train"] = train_spec.skipped
-    wanted = cfg.get("test_sets") or list(cfg["tests"])
-    unknown = sorted(set(wanted) - set(cfg["tests"]))
-    if unknown:
-        raise ValueError(
-            f"dataset.test_sets: unknown test set(s) {unknown}; allowed: {', '.join(cfg['tests'])}"
+    train, skipped = load_problems(d, d.name, d.train_split, limit=d.max_train)
+    splits = Splits(train=train, tests={}, skipped={"train": skipped})
+    for name in d.test_sets or list(d.tests):
+        source, split, hub_split = d.test_source(name)
+        splits.tests[name], splits.skipped[name] = load_problems(
+            source, name, split, hub_split=hub_split, limit=d.max_test
         )
-    for name in wanted:
-        override = cfg["tests"][name] or {}
-        spec = SourceSpec(
-            name=name,
-            limit=cfg.get("max_test"),
-            **{**base, **{k: v for k, v in override.items() if v is not None}},
-        )
-        splits.tests[name] = load_problems(spec)
-        splits.skipped[name] = spec.skipped
     return splits

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from east.checks import MAX_SEED, check_int
 from east.data.problems import Problem
 
 NAMES = [
@@ -35,28 +36,27 @@ GAIN = ["gets {n} more", "buys {n} more", "finds {n} more", "is given {n} more"]
 LOSS = ["gives away {n}", "loses {n}", "sells {n}", "eats {n}"]
 
 
-@dataclass(frozen=True)
-class ArithSpec:
-    """Difficulty knobs and split sizes."""
+@dataclass
+class ArithConfig:
+    """``dataset.arith``: difficulty knobs and split sizes (the config schema and the
+    generator's argument)."""
 
     steps: int = 2  # operations after the starting amount
-    max_number: int = 20  # numbers drawn from 1..max_number
+    max_number: int = 12  # numbers drawn from 1..max_number
     warmup_size: int = 4000
     train_size: int = 200
     test_size: int = 200
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"dataset.steps must be >= 1, got {self.steps}")
-        if self.max_number < 2:
-            raise ValueError(f"dataset.max_number must be >= 2, got {self.max_number}")
+        check_int("dataset.arith.steps", self.steps, 1)
+        check_int("dataset.arith.max_number", self.max_number, 2)
         for name in ("warmup_size", "train_size", "test_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"dataset.{name} must be >= 0, got {getattr(self, name)}")
+            check_int(f"dataset.arith.{name}", getattr(self, name), 1)
+        check_int("dataset.arith.seed", self.seed, 0, MAX_SEED)
 
 
-def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, int]:
+def make_problem(rng: random.Random, spec: ArithConfig) -> tuple[str, str, int]:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     total = rng.randint(1, spec.max_number)
     sentences = [f"{name} has {total} {item}."]
@@ -75,7 +75,7 @@ def make_problem(rng: random.Random, spec: ArithSpec) -> tuple[str, str, int]:
     return question, " ".join(lines) + f"\n#### {total}", total
 
 
-def generate(spec: ArithSpec) -> dict[str, list[Problem]]:
+def generate(spec: ArithConfig) -> dict[str, list[Problem]]:
     """``{"warmup": [...], "train": [...], "test": [...]}``, deterministic in ``spec``."""
     rng = random.Random(spec.seed)
     sizes = {"test": spec.test_size, "train": spec.train_size, "warmup": spec.warmup_size}

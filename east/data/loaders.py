@@ -7,13 +7,19 @@ gold answer that cannot be extracted raises an error naming the file and line, u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from omegaconf import MISSING
+
+from east.checks import check_choice, check_int, fail, unset
+from east.data.arith import ArithConfig
 from east.data.problems import Problem
 from east.errors import UserError
 from east.grading import extract_answer, gold_from_gsm8k, gold_from_math
@@ -21,30 +27,91 @@ from east.grading import extract_answer, gold_from_gsm8k, gold_from_math
 log = logging.getLogger(__name__)
 
 GOLD_FORMATS = ("gsm8k", "boxed", "field")
+#: What a test set's entry in ``dataset.tests`` may override.
+_TEST_KEYS = {
+    "split",
+    "hub_split",
+    "path",
+    "hub_id",
+    "hub_config",
+    "question_field",
+    "solution_field",
+    "answer_field",
+    "gold_format",
+    "id_field",
+}
 
 
 class DataError(UserError):
     """A dataset row or file that cannot be used, with its location."""
 
 
-@dataclass
-class SourceSpec:
-    """Where one split comes from and how its rows map to problems."""
+class OnBadRow(StrEnum):
+    error = "error"  # a bad row stops the run, naming file and line
+    skip = "skip"  # bad rows are skipped and counted by kind in the log and results.json
 
-    name: str  # e.g. "gsm8k", "math500": the key in results.json
-    path: str | None = None  # local .jsonl file, or folder holding {split}.jsonl
-    split: str = "test"
+
+@dataclass
+class DatasetConfig:
+    """``dataset``: where the problems come from and how rows map to them (the config schema
+    and the loaders' argument). ``tests`` names the test sets, each overriding ``split``,
+    ``hub_split`` or any field below for itself."""
+
+    name: str = MISSING  # e.g. "gsm8k": the key in results.json
+    path: str | None = None  # local folder ({split}.jsonl) or .jsonl file; None: hub_id
     hub_id: str | None = None
     hub_config: str | None = None
-    hub_split: str | None = None  # the split's name on the hub, when it differs from `split`
+    train_split: str = "train"
+    # test set name -> overrides of the fields below (split, hub_split, path, answer_field, ...)
+    tests: dict[str, Any] = field(default_factory=dict)
+    test_sets: list[str] | None = None  # which entries of tests to evaluate on (None: all)
     question_field: str = "question"
     solution_field: str | None = None
     answer_field: str | None = None
-    gold_format: str = "field"  # gsm8k: after ####; boxed: last \boxed{} of the solution; field: answer_field
+    # gsm8k: after ####; boxed: last \boxed{} of the solution; field: answer_field as given
+    gold_format: str = "field"
     id_field: str | None = None
-    limit: int | None = None
-    on_bad_row: str = "error"  # or "skip" (counted in the log)
-    skipped: dict[str, int] = field(default_factory=dict)
+    max_train: int | None = None
+    max_test: int | None = None
+    on_bad_row: OnBadRow = OnBadRow.error
+    arith: ArithConfig | None = None  # the embedded task (name: arith), generated, no files
+
+    def __post_init__(self) -> None:
+        check_choice("dataset.gold_format", self.gold_format, GOLD_FORMATS)
+        check_int("dataset.max_train", self.max_train, 1, optional=True)
+        check_int("dataset.max_test", self.max_test, 1, optional=True)
+        for name, override in (self.tests or {}).items():
+            unknown = sorted(set(override or {}) - _TEST_KEYS)
+            if unknown:
+                fail(
+                    f"dataset.tests.{name}",
+                    dict(override),
+                    f"unknown key(s) {unknown}; allowed: {sorted(_TEST_KEYS)}",
+                )
+            if override and override.get("gold_format") is not None:
+                check_choice(f"dataset.tests.{name}.gold_format", override["gold_format"], GOLD_FORMATS)
+        if self.test_sets is not None:
+            unknown = sorted(set(self.test_sets) - set(self.tests or {}))
+            if unknown or not self.test_sets:
+                fail(
+                    "dataset.test_sets",
+                    list(self.test_sets),
+                    f"allowed: a non-empty subset of {', '.join(self.tests or {})}",
+                )
+        if self.path and not unset(self.path) and not Path(self.path).expanduser().exists():
+            fail(
+                "dataset.path",
+                self.path,
+                "no such file or folder (set paths.data_dir or dataset.path to local copies)",
+            )
+        if self.arith is None and not unset(self.name) and not self.path and not self.hub_id:
+            fail("dataset.path", self.path, "a local path or dataset.hub_id is required")
+
+    def test_source(self, name: str) -> tuple[DatasetConfig, str, str | None]:
+        """(this config with test set ``name``'s overrides, its split, its hub split)."""
+        override = {k: v for k, v in (self.tests[name] or {}).items() if v is not None}
+        split, hub_split = override.pop("split", "test"), override.pop("hub_split", None)
+        return dataclasses.replace(self, **override), split, hub_split
 
 
 class RowError(ValueError):
@@ -91,19 +158,21 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         raise DataError(f"{path}: the file is empty")
 
 
-def _rows(spec: SourceSpec) -> Iterable[tuple[str, int, dict[str, Any] | RowError]]:
+def _rows(
+    spec: DatasetConfig, name: str, split: str, hub_split: str | None
+) -> Iterable[tuple[str, int, dict[str, Any] | RowError]]:
     if spec.path:
         path = Path(spec.path).expanduser()
         if path.is_dir():
-            path = path / f"{spec.split}.jsonl"
+            path = path / f"{split}.jsonl"
         for lineno, record in read_jsonl(path):
             yield str(path), lineno, record
         return
     if not spec.hub_id:
-        raise DataError(f"dataset {spec.name!r}: set a local path (dataset.path=...) or a hub id")
+        raise DataError(f"dataset {name!r}: set a local path (dataset.path=...) or a hub id")
     import datasets
 
-    split = spec.hub_split or spec.split
+    split = hub_split or split
     ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
     for i, record in enumerate(ds):
         yield f"{spec.hub_id}[{split}]", i + 1, dict(record)
@@ -124,7 +193,7 @@ def _text(record: dict[str, Any], key: str, what: str) -> str:
     return text
 
 
-def _gold(spec: SourceSpec, record: dict[str, Any]) -> str:
+def _gold(spec: DatasetConfig, record: dict[str, Any]) -> str:
     try:
         if spec.gold_format == "gsm8k":
             return gold_from_gsm8k(_text(record, spec.answer_field or "answer", "answer"))
@@ -146,31 +215,30 @@ def _gold(spec: SourceSpec, record: dict[str, Any]) -> str:
     raise ValueError(f"unknown gold_format {spec.gold_format!r}; allowed: {', '.join(GOLD_FORMATS)}")
 
 
-def _row_id(spec: SourceSpec, record: dict[str, Any], lineno: int) -> str:
+def _row_id(spec: DatasetConfig, name: str, split: str, record: dict[str, Any], lineno: int) -> str:
     if not spec.id_field:
-        return f"{spec.name}-{spec.split}-{lineno}"
+        return f"{name}-{split}-{lineno}"
     return _text(record, spec.id_field, "id")
 
 
-def load_problems(spec: SourceSpec) -> list[Problem]:
-    """The problems of one split. Every row-level problem (bad bytes, bad JSON, a missing or
-    non-text field, no extractable gold, a duplicate id) is a ``file:line`` error, or with
-    ``on_bad_row="skip"`` a skip counted by kind in ``spec.skipped`` and the log."""
-    if spec.on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {spec.on_bad_row!r}")
-    if spec.gold_format not in GOLD_FORMATS:
-        raise ValueError(f"unknown gold_format {spec.gold_format!r}; allowed: {', '.join(GOLD_FORMATS)}")
+def load_problems(
+    spec: DatasetConfig, name: str, split: str, *, hub_split: str | None = None, limit: int | None = None
+) -> tuple[list[Problem], dict[str, int]]:
+    """The problems of one split named ``name`` (at most ``limit``), and the bad rows skipped
+    by kind. Every row-level problem (bad bytes, bad JSON, a missing or non-text field, no
+    extractable gold, a duplicate id) is a ``file:line`` error, or with ``on_bad_row=skip`` a
+    skip counted by kind here and in the log."""
     problems: list[Problem] = []
     skipped: dict[str, int] = {}
     seen: dict[str, int] = {}  # id -> line it was first seen on
-    for where, lineno, record in _rows(spec):
+    for where, lineno, record in _rows(spec, name, split, hub_split):
         try:
             if isinstance(record, RowError):
                 raise record
             question = _text(record, spec.question_field, "question")
             gold = _gold(spec, record)
             solution = record.get(spec.solution_field) if spec.solution_field else None
-            pid = _row_id(spec, record, lineno)
+            pid = _row_id(spec, name, split, record, lineno)
             if pid in seen:
                 raise RowError("duplicate id", f"{pid!r} is also on line {seen[pid]}")
         except RowError as e:
@@ -182,11 +250,10 @@ def load_problems(spec: SourceSpec) -> list[Problem]:
             continue
         seen[pid] = lineno
         problems.append(Problem(id=pid, question=question, gold=gold, solution=solution))
-        if spec.limit is not None and len(problems) >= spec.limit:
+        if limit is not None and len(problems) >= limit:
             break
     if skipped:
-        log.warning("%s: skipped %d bad rows: %s", spec.name, sum(skipped.values()), skipped)
-    spec.skipped = skipped
+        log.warning("%s: skipped %d bad rows: %s", name, sum(skipped.values()), skipped)
     if not problems:
-        raise DataError(f"dataset {spec.name!r} ({spec.path or spec.hub_id}): no usable problems")
-    return problems
+        raise DataError(f"dataset {name!r} ({spec.path or spec.hub_id}): no usable problems")
+    return problems, skipped

@@ -46,16 +46,20 @@ DEFAULT_TIMEOUT_S = 1.0
 def configure_math_verify() -> tuple[Any, Any, list]:
     """math-verify's ``parse``, ``verify`` and the LaTeX-only extraction config, imported on
     first use. math-verify logs every timeout and warns once when its own timers are
-    disabled (we bound time ourselves and count the cuts), so both are quieted here."""
+    disabled (we bound time ourselves and count the cuts), so both are quieted here. Called
+    before any bounded operation: an import must never count against an answer's bound."""
     import math_verify
     from math_verify import LatexExtractionConfig
 
+    _percent()  # sympy, imported here too
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)
     for name in ("parser", "grader"):
         module = getattr(math_verify, name, None)
         if module is not None and hasattr(module, "TIMEOUT_WARNING_SHOWN"):
             module.TIMEOUT_WARNING_SHOWN = True
-    return math_verify.parse, math_verify.verify, [LatexExtractionConfig(boxed_match_priority=0)]
+    extraction = [LatexExtractionConfig(boxed_match_priority=0)]
+    math_verify.parse("$1$", extraction_config=extraction, parsing_timeout=None)  # its lazy imports
+    return math_verify.parse, math_verify.verify, extraction
 
 
 def _mv_parse(*args: Any, **kwargs: Any) -> Any:
@@ -64,7 +68,6 @@ def _mv_parse(*args: Any, **kwargs: Any) -> Any:
 
 def _mv_verify(*args: Any, **kwargs: Any) -> Any:
     return configure_math_verify()[1](*args, **kwargs)
-
 
 
 class GradingTimeout(BaseException):
@@ -262,6 +265,7 @@ class _Parsed:
             if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
                 if _STORE is not None and _STORE.restore(self):
                     return self.expr
+                configure_math_verify()  # imports math-verify and sympy outside the bound
                 try:
                     with _time_limit(timeout_s, ("parse", self.norm)):
                         # As inline math first (math-verify reads "18%" and units there), then
@@ -335,8 +339,6 @@ def _percent() -> Any:
     import sympy
 
     return sympy.UnevaluatedExpr(sympy.Rational(1, 100))  # latex2sympy's "X%" = X * this
-
-
 
 
 def _probe_point(name: str) -> float:

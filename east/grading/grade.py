@@ -34,14 +34,12 @@ class GradingMode(StrEnum):
     string = "string"
 
 
-
 def as_choice(enum: Any, value: Any, what: str) -> Any:
     try:
         return enum(value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum)
         raise ValueError(f"unknown {what} {value!r}; allowed: {allowed}") from None
-
 
 
 def cluster_answers(

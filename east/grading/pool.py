@@ -236,9 +236,11 @@ class Pool:
                 self.stats.crashed += 1
             log.warning(
                 "grading: %s %s after %.1fs (%s): compared by string only and counted as a timeout",
-                op[0], " vs ".join(repr(s[:80]) for s in op[1:]), self.hard_s,
+                op[0],
+                " vs ".join(repr(s[:80]) for s in op[1:]),
+                self.hard_s,
                 "killed at the hard deadline" if killed else f"worker died, exit code {code}",
-            )  # fmt: skip
+            )
         elif w.pending:
             first = w.pending[0]
             deaths[first] = deaths.get(first, 0) + 1

@@ -5,7 +5,8 @@
 #
 # The target image is assumed to hold torch, transformers, tokenizers, accelerate, numpy,
 # pyarrow, pandas, xxhash, requests and fsspec (this workplace's CUDA image does). The bundle
-# adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers. All are
+# adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers, and
+# omegaconf (east's config types; with its antlr runtime). All are
 # pure-Python wheels, so one bundle serves any x86-64 or Arm Linux. Under 64 MiB (checked).
 # On the GPU machine:
 #   pip install --no-index --no-deps --target /tmp/site OUT_DIR/*.whl
@@ -15,11 +16,17 @@ cd "$(dirname "$0")/../.."
 out="${1:?usage: gpu_bundle.sh OUT_DIR [PYTHON_VERSION]}"
 py="${2:-3.12}"
 mkdir -p "$out"
+rm -rf build  # setuptools would pack modules a stale build/lib still holds
 python -m pip wheel --quiet --no-deps --wheel-dir "$out" .
 python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
   --dest "$out" "trl==1.16.*" "datasets==$(python -c 'import datasets; print(datasets.__version__)')" \
   "dill==$(python -c "import dill; print(dill.__version__)")" \
-  "multiprocess==$(python -c "import multiprocess; print(multiprocess.__version__)")"
+  "multiprocess==$(python -c "import multiprocess; print(multiprocess.__version__)")" \
+  "omegaconf==$(python -c "import omegaconf; print(omegaconf.__version__)")"
+# omegaconf's antlr runtime is published as a source archive only: built here into a
+# pure-Python wheel.
+python -m pip wheel --quiet --no-deps --wheel-dir "$out" \
+  "antlr4-python3-runtime==$(python -c "from importlib.metadata import version; print(version('antlr4-python3-runtime'))")"
 size=$(du -sm "$out" | cut -f1)
 ls -1 "$out"
 echo "bundle: ${size} MiB in $out"

@@ -39,12 +39,24 @@ warnings.filterwarnings("ignore")
 
 SHAPES = {
     # LLaMA-3.2-1B
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+    ),
     # the rehearsal on a CPU
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=4096),
-}  # fmt: skip
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=4096,
+    ),
+}
 
 
 def questions(n: int) -> list[str]:
@@ -65,8 +77,14 @@ def build_model_dir(shape: str, out: Path) -> Path:
     tok = build_tiny_tokenizer(texts, vocab_size=min(dims["vocab_size"], 2000))
     tok = llama3_style(tok)
     tok.add_tokens([f"<|reserved_{i}|>" for i in range(dims["vocab_size"] - len(tok))], special_tokens=True)
-    config = LlamaConfig(**dims, tie_word_embeddings=True, max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        **dims,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tok.pad_token_id

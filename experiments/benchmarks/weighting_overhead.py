@@ -72,12 +72,23 @@ def build(objective: str, weighted: bool, model_dir: Path, batch: int, bf16: boo
     dtype = "bfloat16" if bf16 else "float32"
     load = lambda: AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype))  # noqa: E731
     args = CLASSES[objective][2](
-        output_dir=str(model_dir / "out"), report_to=[], bf16=bf16, use_cpu=not torch.cuda.is_available(),
-        per_device_train_batch_size=batch, save_strategy="no", seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(model_dir / "out"),
+        report_to=[],
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        per_device_train_batch_size=batch,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
     extra = {"ref_model": load()} if objective != "sft" else {}
-    trainer = cls(model=load(), args=args, train_dataset=Dataset.from_list(data),
-                  processing_class=AutoTokenizer.from_pretrained(model_dir), **extra)  # fmt: skip
+    trainer = cls(
+        model=load(),
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        **extra,
+    )
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop normally
     batch_inputs = next(iter(trainer.get_train_dataloader()))
@@ -115,8 +126,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     texts = [json.dumps(r) for r in rows("dpo", 64)]
     tok = build_tiny_tokenizer(texts)
-    model = build_tiny_model(tok, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-                             intermediate_size=args.intermediate)  # fmt: skip
+    model = build_tiny_model(
+        tok,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        intermediate_size=args.intermediate,
+    )
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     result: dict[str, object] = {}
@@ -125,8 +141,11 @@ def main() -> None:
         result[objective] = r["ratio"]
         result[f"{objective}_ci"] = [r["ci_low"], r["ci_high"]]
         result[f"{objective}_weighted_ms"], result[f"{objective}_stock_ms"] = r["a_ms"], r["b_ms"]
-        print(f"{objective}: weighted/stock {r['ratio']} (95% CI {r['ci_low']}-{r['ci_high']}, {r['pairs']} pairs; "
-              f"medians {r['a_ms']} / {r['b_ms']} ms)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{objective}: weighted/stock {r['ratio']} (95% CI {r['ci_low']}-{r['ci_high']}, {r['pairs']} pairs; "
+            f"medians {r['a_ms']} / {r['b_ms']} ms)",
+            file=sys.stderr,
+        )
     result["pairs"] = args.pairs
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result["parameters"] = sum(p.numel() for p in model.parameters())

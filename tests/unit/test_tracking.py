@@ -14,9 +14,13 @@ from east.tracking import WandbLogger
         ({}, {}, ("offline", "east", None)),
         ({"WANDB_MODE": "disabled"}, {}, ("disabled", "east", None)),
         ({"WANDB_MODE": "online", "WANDB_PROJECT": "p", "WANDB_ENTITY": "me"}, {}, ("online", "p", "me")),
-        ({"WANDB_MODE": "disabled", "WANDB_PROJECT": "p"}, {"mode": "offline", "project": "q"}, ("offline", "q", None)),
+        (
+            {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p"},
+            {"mode": "offline", "project": "q"},
+            ("offline", "q", None),
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_environment_applies_unless_the_config_sets_a_value(monkeypatch, env, explicit, expected):
     for k in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):
         monkeypatch.delenv(k, raising=False)

@@ -76,8 +76,14 @@ def test_concurrent_cells_build_a_stage_once(tmp_path):
     script.write_text(_CONCURRENT)
     log = tmp_path / "builds.log"
     start = str(time.time() + 2.0)
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(log), start],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "cache"), str(log), start],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert all(p.returncode == 0 for p in procs)
     assert log.read_text() == "built\n"  # built once

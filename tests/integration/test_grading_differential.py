@@ -87,13 +87,23 @@ def _golds(data: Path) -> list[str]:
 
 def spellings(gold: str) -> list[tuple[str, str]]:
     """(kind, spelling) pairs: how models write ``gold``."""
-    out = [("same", gold), ("dollar", f"\\${gold}"), ("percent_latex", f"{gold}\\%"), ("percent", f"{gold}%"),
-           ("unit", f"{gold}\\text{{ cm}}"), ("assign", f"x={gold}"), ("period", f"{gold}."),
-           ("spaces", f"  {gold} ")]  # fmt: skip
+    out = [
+        ("same", gold),
+        ("dollar", f"\\${gold}"),
+        ("percent_latex", f"{gold}\\%"),
+        ("percent", f"{gold}%"),
+        ("unit", f"{gold}\\text{{ cm}}"),
+        ("assign", f"x={gold}"),
+        ("period", f"{gold}."),
+        ("spaces", f"  {gold} "),
+    ]
     if re.fullmatch(r"-?\d{4,}", gold):
         n = int(gold)
-        out += [("thousands", f"{n:,}"), ("thousands_braced", f"{n:,}".replace(",", "{,}")),
-                ("dollar_thousands", f"\\${n:,}")]  # fmt: skip
+        out += [
+            ("thousands", f"{n:,}"),
+            ("thousands_braced", f"{n:,}".replace(",", "{,}")),
+            ("dollar_thousands", f"\\${n:,}"),
+        ]
     if "\\frac" in gold:
         out += [("dfrac", gold.replace("\\frac", "\\dfrac")), ("tfrac", gold.replace("\\frac", "\\tfrac"))]
     if "(" in gold and "\\left" not in gold:
@@ -123,11 +133,15 @@ def mv_equal(gold: str, answer: str, seconds: float = 5.0) -> bool | None:
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         return any(
-            bool(math_verify.verify(math_verify.parse(w.format(gold), parsing_timeout=None),
-                                    math_verify.parse(w.format(answer), parsing_timeout=None),
-                                    timeout_seconds=None))
+            bool(
+                math_verify.verify(
+                    math_verify.parse(w.format(gold), parsing_timeout=None),
+                    math_verify.parse(w.format(answer), parsing_timeout=None),
+                    timeout_seconds=None,
+                )
+            )
             for w in ("${}$", "\\boxed{{{}}}")
-        )  # fmt: skip
+        )
     except _Timeout:
         return None
     finally:
@@ -168,13 +182,28 @@ def differential(golds: list[str], seed: int = 0) -> dict:
                 deliberate[kind] += 1
             else:
                 unsound.append((kind, gold, answer))
-    return {"pairs": pairs, "unfinished": unfinished, "unsound": unsound, "deliberate": dict(deliberate),
-            "mv_only": sum(mv_only.values()), "mv_false_positives": mv_false_positives}  # fmt: skip
+    return {
+        "pairs": pairs,
+        "unfinished": unfinished,
+        "unsound": unsound,
+        "deliberate": dict(deliberate),
+        "mv_only": sum(mv_only.values()),
+        "mv_false_positives": mv_false_positives,
+    }
 
 
 def test_reported_spellings_are_equal():
-    for answer, gold in [("\\$6", "6"), ("18\\%", "18"), ("\\$1,000", "1000"), ("1{,}000", "1000"),
-                         ("18%", "18"), ("18%", "0.18"), ("25\\%", "25"), ("\\$18.00", "18"), ("100%", "1")]:  # fmt: skip
+    for answer, gold in [
+        ("\\$6", "6"),
+        ("18\\%", "18"),
+        ("\\$1,000", "1000"),
+        ("1{,}000", "1000"),
+        ("18%", "18"),
+        ("18%", "0.18"),
+        ("25\\%", "25"),
+        ("\\$18.00", "18"),
+        ("100%", "1"),
+    ]:
         assert answers_equal(answer, gold), (answer, gold)
         assert mv_equal(gold, answer), (answer, gold)
     for answer, gold in [("25\\%", "0.25"), ("18%", "19"), ("18.5%", "18.5"), ("50%", "0.5%")]:

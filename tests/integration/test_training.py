@@ -15,8 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
-
-from .conftest import assistant, prompt
+from tests.conftest import assistant, prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -55,9 +54,16 @@ CLASSES = {
 
 def _args(objective, out, **kw):
     base = dict(
-        output_dir=str(out), report_to=[], bf16=False, use_cpu=True, save_strategy="no",
-        logging_steps=1, seed=0, dataloader_drop_last=False, max_grad_norm=0.0,
-    )  # fmt: skip
+        output_dir=str(out),
+        report_to=[],
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        dataloader_drop_last=False,
+        max_grad_norm=0.0,
+    )
     if objective == "kto":
         base["loss_type"] = kw.pop("loss_type", "apo_zero_unpaired")
     return CLASSES[objective][2](**{**base, **kw})
@@ -103,8 +109,13 @@ def test_gradient_is_the_weighted_combination_of_per_example_gradients(objective
     _, weighted = _grad(_trainer(objective, tiny_dir, rows, per_device_train_batch_size=2), 2)
     singles = []
     for r in rows:
-        stock = _trainer(objective, tiny_dir, [{k: v for k, v in r.items() if k != "weight"}], weighted=False,
-                         per_device_train_batch_size=1)  # fmt: skip
+        stock = _trainer(
+            objective,
+            tiny_dir,
+            [{k: v for k, v in r.items() if k != "weight"}],
+            weighted=False,
+            per_device_train_batch_size=1,
+        )
         singles.append(_grad(stock, 1)[1])
     expected = (0.3 * singles[0] + 1.7 * singles[1]) / 2
     assert _rel(weighted, expected) <= 1e-5
@@ -152,9 +163,17 @@ def test_sft_weights_one_is_the_per_example_mean_nll(tiny_dir):
 def _one_step_params(objective, tiny_dir, batch, accumulation):
     rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:4], WEIGHTS)]
     trainer = _trainer(
-        objective, tiny_dir, rows, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0,
-    )  # fmt: skip
+        objective,
+        tiny_dir,
+        rows,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+    )
     trainer.train()
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
@@ -228,9 +247,22 @@ def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
         launcher = (
             ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--cpu", "--num_processes", "1"]
         )
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(DDP_SCRIPT), str(tiny_dir), str(out), str(4 // procs)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *launcher,
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(DDP_SCRIPT),
+            str(tiny_dir),
+            str(out),
+            str(4 // procs),
+        ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[procs] = json.loads(out.read_text())
@@ -257,30 +289,43 @@ def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
 
     from east.cache import write_json, write_jsonl
     from east.config import batch_layout
-    from east.pipeline import _launch_workers, train_from_spec
+    from east.train_stage import launch_workers, train_from_spec
 
     records = tmp_path / "records.jsonl"
     write_jsonl(records, [dict(r, weight=w) for r, w in zip(ROWS["sft"][:8], [0.5, 1.5] * 4)])
     info = {}
     for procs in (1, 2):
-        c = {"objective": {"name": "sft", "global_batch_size": 4, "trainer": {"per_device_train_batch_size": 2}},
-             "model": {"trainer_overrides": {}}, "distributed": {"num_processes": procs}}  # fmt: skip
+        c = _layout_config(4, 2, procs)
         layout = batch_layout(c)
         assert layout["gradient_accumulation_steps"] == 2 // procs
         out = tmp_path / f"p{procs}"
         out.mkdir()
-        settings = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": layout["gradient_accumulation_steps"],
-                    "num_train_epochs": 1, "learning_rate": 0.05, "optim": "sgd", "lr_scheduler_type": "constant",
-                    "logging_steps": 1, "bf16": False}  # fmt: skip
-        spec = {"objective": "sft", "base_path": str(tiny_dir), "out_dir": str(out), "records": str(records),
-                "settings": settings, "seed": 0, "chat_template": None, "dtype": "float32"}  # fmt: skip
+        settings = {
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": layout["gradient_accumulation_steps"],
+            "num_train_epochs": 1,
+            "learning_rate": 0.05,
+            "optim": "sgd",
+            "lr_scheduler_type": "constant",
+            "logging_steps": 1,
+            "bf16": False,
+        }
+        spec = {
+            "objective": "sft",
+            "base_path": str(tiny_dir),
+            "out_dir": str(out),
+            "records": str(records),
+            "settings": settings,
+            "seed": 0,
+            "chat_template": None,
+            "dtype": "float32",
+        }
         if procs == 1:
             train_from_spec({**spec, "report_to": []})
         else:
             write_json(out / "spec.json", {**spec, "report_to": []})
-            dist = {"num_processes": 2, "accelerate_config": None,
-                    "launch_args": ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]}  # fmt: skip
-            _launch_workers(out / "spec.json", dist)
+            launch_args = ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+            launch_workers(out / "spec.json", 2, None, launch_args)
         info[procs] = json.loads((out / "train_info.json").read_text())
         info[procs]["weights"] = load_file(str(out / "model" / "model.safetensors"))
     assert info[1]["processes"] == 1 and info[2]["processes"] == 2
@@ -298,9 +343,7 @@ def test_accumulation_is_derived_and_checked():
     from east.config import batch_layout
 
     def c(total, per_device, procs, **trainer):
-        return {"objective": {"name": "dpo", "global_batch_size": total,
-                              "trainer": {"per_device_train_batch_size": per_device, **trainer}},
-                "model": {"trainer_overrides": {}}, "distributed": {"num_processes": procs}}  # fmt: skip
+        return _layout_config(total, per_device, procs, "dpo", **trainer)
 
     assert batch_layout(c(16, 2, 1))["gradient_accumulation_steps"] == 8
     assert batch_layout(c(16, 2, 8))["gradient_accumulation_steps"] == 1
@@ -321,8 +364,12 @@ def test_validation_cannot_be_bypassed(tiny_dir):
     with pytest.raises(ValueError, match="row 1 .*nan"):
         WeightedSFTTrainer(model, _args("sft", tiny_dir / "out"), None, Dataset.from_list(bad), None, tok)
     stream = IterableDataset.from_generator(lambda: iter(bad))
-    trainer = WeightedSFTTrainer(model=model, args=_args("sft", tiny_dir / "out", max_steps=1,
-                                 per_device_train_batch_size=4), train_dataset=stream, processing_class=tok)  # fmt: skip
+    trainer = WeightedSFTTrainer(
+        model=model,
+        args=_args("sft", tiny_dir / "out", max_steps=1, per_device_train_batch_size=4),
+        train_dataset=stream,
+        processing_class=tok,
+    )
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="invalid 'weight' nan"):
         trainer.train()
@@ -358,12 +405,24 @@ class _Stack:
 @pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
 def test_uneven_micro_batches_weigh_every_example_once(objective, tiny_dir):
     """3 examples per step as micro-batches [2, 1] give the update of one batch of 3."""
-    initial = torch.cat([p.detach().flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters()])
+    initial = torch.cat(
+        [p.detach().flatten() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters()]
+    )
     rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:3], (0.5, 1.5, 2.0))]
     updates = {}
     for batch, acc in ((3, 1), (2, 2)):
-        trainer = _trainer(objective, tiny_dir, rows, per_device_train_batch_size=batch, gradient_accumulation_steps=acc,
-                           max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", warmup_steps=0)  # fmt: skip
+        trainer = _trainer(
+            objective,
+            tiny_dir,
+            rows,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=acc,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+        )
         trainer.train()
         updates[batch] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()]) - initial
     assert updates[3].norm() > 0
@@ -376,14 +435,37 @@ def test_weighted_loss_is_logged_beside_the_unweighted_one(objective, tiny_dir):
     # Each example's stock loss, one at a time (apo_zero_unpaired / sigmoid: no batch coupling).
     per_example = []
     for r in rows:
-        stock = _trainer(objective, tiny_dir, [{k: v for k, v in r.items() if k != "weight"}], weighted=False,
-                         per_device_train_batch_size=1)  # fmt: skip
+        stock = _trainer(
+            objective,
+            tiny_dir,
+            [{k: v for k, v in r.items() if k != "weight"}],
+            weighted=False,
+            per_device_train_batch_size=1,
+        )
         per_example.append(_grad(stock, 1)[0].item())
-    trainer = _trainer(objective, tiny_dir, rows, per_device_train_batch_size=4, max_steps=1, learning_rate=0.0,
-                       data_seed=0)  # fmt: skip
+    trainer = _trainer(
+        objective, tiny_dir, rows, per_device_train_batch_size=4, max_steps=1, learning_rate=0.0, data_seed=0
+    )
     trainer.train()
     logged = trainer.state.log_history[0]
     expected_unweighted = sum(per_example) / 4
     expected_weighted = sum(w * loss for w, loss in zip(WEIGHTS, per_example)) / 4
     assert logged["loss"] == pytest.approx(expected_unweighted, rel=1e-4)
     assert logged["loss_weighted"] == pytest.approx(expected_weighted, rel=1e-4)
+
+
+def _layout_config(total, per_device, procs, objective="sft", **trainer):
+    """The parts of a :class:`east.config.Config` that the batch layout reads."""
+    from types import SimpleNamespace
+
+    from east.selection import Objective
+
+    return SimpleNamespace(
+        objective=SimpleNamespace(
+            name=Objective(objective),
+            global_batch_size=total,
+            trainer={"per_device_train_batch_size": per_device, **trainer},
+        ),
+        model=SimpleNamespace(trainer_overrides={}),
+        distributed=SimpleNamespace(num_processes=procs),
+    )

@@ -120,8 +120,17 @@ def test_shortcuts_agree_with_math_verify():
     from math_verify import LatexExtractionConfig, parse, verify
 
     cfg = [LatexExtractionConfig()]
-    pairs = [("17", "18"), ("x+1", "x+2"), ("2x", "x^2"), ("(1, 2)", "(1, 3)"), ("(1, 2)", "3"),
-             (r"\frac{1}{3}", "0.5"), (r"\sqrt{2}", "1.5"), ("3", "3.0"), (r"\frac{2}{4}", "0.5")]  # fmt: skip
+    pairs = [
+        ("17", "18"),
+        ("x+1", "x+2"),
+        ("2x", "x^2"),
+        ("(1, 2)", "(1, 3)"),
+        ("(1, 2)", "3"),
+        (r"\frac{1}{3}", "0.5"),
+        (r"\sqrt{2}", "1.5"),
+        ("3", "3.0"),
+        (r"\frac{2}{4}", "0.5"),
+    ]
     for a, b in pairs:
         pa, pb = parse(f"${a}$", extraction_config=cfg), parse(f"${b}$", extraction_config=cfg)
         assert answers_equal(a, b) == (verify(pa, pb) or verify(pb, pa)), (a, b)

@@ -11,14 +11,21 @@ import pytest
 
 from east.plots import plot_accuracy_vs_sharpness, plot_mappings, plot_run
 from east.report import build_table, collect_runs, setting_of, to_markdown
-
-from .test_pipeline import ROOT, SMALL
+from tests.helpers import ROOT, SMALL
 
 
 def _run(objective, mapping, sharpness, seed, trained, base=0.4, model="llama-3.2-1b", test="gsm8k"):
-    return {"run": {"objective": objective, "mapping": mapping, "sharpness": sharpness, "model": model,
-                    "dataset": test, "seed": seed},
-            "eval": {test: {"base": base, "trained": trained, "n": 100}}}  # fmt: skip
+    return {
+        "run": {
+            "objective": objective,
+            "mapping": mapping,
+            "sharpness": sharpness,
+            "model": model,
+            "dataset": test,
+            "seed": seed,
+        },
+        "eval": {test: {"base": base, "trained": trained, "n": 100}},
+    }
 
 
 def test_settings():
@@ -64,9 +71,18 @@ def test_figures(tmp_path):
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", "objective=sft,dpo", "mapping=uniform,power", "seed=0,1",
-           *SMALL, f"paths.cache_dir={root / 'cache'}", f"hydra.sweep.dir={root / 'runs'}",
-           "hydra.sweep.subdir=${hydra.job.num}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "objective=sft,dpo",
+        "mapping=uniform,power",
+        "seed=0,1",
+        *SMALL,
+        f"paths.cache_dir={root / 'cache'}",
+        f"hydra.sweep.dir={root / 'runs'}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "runs"
@@ -112,11 +128,17 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
 
 def test_report_command_line(small_sweep, tmp_path):
     out = tmp_path / "t"
-    proc = subprocess.run([sys.executable, "-m", "east.report", str(small_sweep), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "east.report", str(small_sweep), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| tiny | SFT |" in proc.stdout and "| tiny | KTO |" not in proc.stdout  # no KTO runs, no KTO row
-    assert out.with_suffix(".md").read_text() == proc.stdout.rstrip("\n") + "\n"
+    table = (out / "table.md").read_text()
+    assert proc.stdout.startswith(table)
+    assert (out / "table.csv").exists() and (out / "accuracy_vs_sharpness.png").exists()
 
 
 def test_collect_wandb_reads_the_results_each_run_stored(monkeypatch):
@@ -127,8 +149,10 @@ def test_collect_wandb_reads_the_results_each_run_stored(monkeypatch):
     from east.report import collect_wandb
 
     stored = _run("sft", "power", 1, 0, 0.5)
-    fake = [types.SimpleNamespace(summary={"results_json": json.dumps(stored)}, url="https://wandb/x"),
-            types.SimpleNamespace(summary={}, url="https://wandb/crashed")]  # fmt: skip
+    fake = [
+        types.SimpleNamespace(summary={"results_json": json.dumps(stored)}, url="https://wandb/x"),
+        types.SimpleNamespace(summary={}, url="https://wandb/crashed"),
+    ]
     calls = {}
 
     class Api:

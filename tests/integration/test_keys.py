@@ -19,8 +19,7 @@ from omegaconf import OmegaConf
 from east.cache import StageCache, StageResult, stage_key
 from east.config import validate
 from east.tracking import NullLogger
-
-from .test_config import _compose
+from tests.helpers import compose as _compose
 
 #: Which stages read which stages' artifacts (a changed input key changes the reader's key).
 DEPS = {
@@ -36,12 +35,23 @@ DEPS = {
 EVALS = ("evaluate_arith", "evaluate_base_arith")
 EVALS_JSONL = ("evaluate_test", "evaluate_base_test")
 _STUB = {
-    "stats.json": {"questions": 1, "kept": 1, "dropped": {}, "records": 1, "timeouts": 0,
-                   **{k: {"mean": 0.0, "min": 0.0, "max": 0.0} for k in ("entropy", "weight", "entropy_all", "accuracy_all")},
-                   "kept_entropy_values": [], "weight_values": [], "entropy_values": []},
+    "stats.json": {
+        "questions": 1,
+        "kept": 1,
+        "dropped": {},
+        "records": 1,
+        "timeouts": 0,
+        **{
+            k: {"mean": 0.0, "min": 0.0, "max": 0.0}
+            for k in ("entropy", "weight", "entropy_all", "accuracy_all")
+        },
+        "kept_entropy_values": [],
+        "weight_values": [],
+        "entropy_values": [],
+    },
     "train_info.json": {},
     "metrics.json": {"accuracy": 0.0, "grading_timeouts": 0},
-}  # fmt: skip
+}
 
 
 def _downstream(direct: set[str]) -> set[str]:
@@ -61,8 +71,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     """A tokenizer that knows the task and the chat templates' markup, so that prompts
     rendered by different templates or system prompts get different token ids."""
     from east.models import build_tiny_tokenizer
-
-    from .conftest import TASK_TEXTS
+    from tests.conftest import TASK_TEXTS
 
     path = tmp_path_factory.mktemp("tokenizer")
     markup = ["<|im_start|>system\nAnswer in \\boxed{}.<|im_end|>\n<|im_start|>user\n<|im_start|>assistant\n"]
@@ -87,9 +96,7 @@ def stage_keys(monkeypatch, tmp_path, tokenizer_dir):
 
     def keys(overrides: list[str]) -> dict[str, str]:
         cfg = _compose(["logger=none", f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
-        c = OmegaConf.to_container(cfg, resolve=True)
-        validate(c)
-        stages = pipeline._run(c, NullLogger())["stages"]
+        stages = pipeline._run(validate(cfg), NullLogger())[0]["stages"]
         return {label: s["key"] for label, s in stages.items() if label != "evaluate"}
 
     return keys
@@ -103,9 +110,20 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "model.system_prompt": ("'Answer in \\boxed{}.'", ("base_model", "sample", *EVALS)),
     # (The tiny tokenizer's own template is ChatML: "chatml" would render the same ids.)
     "model.chat_template": ("llama3_paper", ("sample", "train", *EVALS)),
-    **{f"model.tiny.{k}": (v, ("base_model",)) for k, v in {
-        "hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "vocab_size": 256, "seed": 3,
-        "warmup_steps": 10, "warmup_batch_size": 16, "warmup_lr": 1e-3}.items()},
+    **{
+        f"model.tiny.{k}": (v, ("base_model",))
+        for k, v in {
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 256,
+            "seed": 3,
+            "warmup_steps": 10,
+            "warmup_batch_size": 16,
+            "warmup_lr": 1e-3,
+        }.items()
+    },
     "model.trainer_overrides.sft.learning_rate": (1e-4, ("train",)),
     "model.trainer_overrides.sft.num_train_epochs": (3, ("train",)),
     "model.trainer_overrides.sft.per_device_train_batch_size": (4, ("train",)),
@@ -113,23 +131,39 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "model.trainer_overrides.sft.gradient_checkpointing": (True, ("train",)),
     "model.trainer_overrides.sft.lr_scheduler_type": ("linear", ("train",)),
     # The embedded task is generated: file and hub fields are not read (test_jsonl_fields).
-    **{f"dataset.{k}": (v, ()) for k, v in {
-        "hub_id": "org/data", "hub_config": "main", "train_split": "train2", "question_field": "q",
-        "solution_field": "s", "answer_field": "a", "gold_format": "boxed", "id_field": "id",
-        "on_bad_row": "skip"}.items()},
+    **{
+        f"dataset.{k}": (v, ())
+        for k, v in {
+            "hub_id": "org/data",
+            "hub_config": "main",
+            "train_split": "train2",
+            "question_field": "q",
+            "solution_field": "s",
+            "answer_field": "a",
+            "gold_format": "boxed",
+            "id_field": "id",
+            "on_bad_row": "skip",
+        }.items()
+    },
     "dataset.max_train": (50, ("sample",)),
     "dataset.max_test": (50, EVALS),
     # Every generated split is drawn disjoint from the others: each size shapes all of them.
-    **{f"dataset.arith.{k}": (v, ("base_model", "sample", *EVALS)) for k, v in {
-        "steps": 3, "max_number": 15, "warmup_size": 1000, "train_size": 100, "test_size": 100, "seed": 7}.items()},
+    **{
+        f"dataset.arith.{k}": (v, ("base_model", "sample", *EVALS))
+        for k, v in {
+            "steps": 3,
+            "max_number": 15,
+            "warmup_size": 1000,
+            "train_size": 100,
+            "test_size": 100,
+            "seed": 7,
+        }.items()
+    },
     "objective.sft_k": (2, ("build",)),
     "objective.global_batch_size": (32, ("train",)),
     "east.mapping": ("accuracy", ("build",)),
     "east.sharpness": (2.0, ("build",)),
     "sampler.batch_size": (8, ()),  # hf: per-row seeds, so samples do not depend on batching
-    "sampler.tensor_parallel_size": (2, ()),  # vllm only
-    "sampler.gpu_memory_utilization": (0.5, ()),  # vllm only
-    "sampler.entropy_top_k": (5, ()),  # vllm only (in its keys there)
     "sampling.n": (4, ("sample",)),
     "sampling.temperature": (0.5, ("sample",)),
     "sampling.top_p": (0.9, ("sample",)),
@@ -150,7 +184,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "paths.data_dir": ("/tmp", ()),  # arith reads no files
     "seed": (1, ("sample", "build", "train")),
     "experiment_name": ("mine", ()),
-}  # fmt: skip
+}
 #: Fields that choose which stages run (checked by label, not by key).
 #: field -> (value, labels removed, labels added, labels whose key changes).
 STRUCTURAL = {
@@ -158,9 +192,13 @@ STRUCTURAL = {
     "evaluation.only": ("true", {"sample", "grade", "build", "train", "evaluate_arith"}, set(), set()),
     "evaluation.samples": ("2", set(), {"evaluate_sampled_arith", "evaluate_base_sampled_arith"}, set()),
     # Round 0 keeps its keys; the final evaluation is of the round-1 model.
-    "rounds": ("2", set(), {"sample_r1", "grade_r1", "build_r1", "train_r1", "evaluate_arith_r0",
-                            "evaluate_arith_r1"}, {"evaluate_arith"}),
-}  # fmt: skip
+    "rounds": (
+        "2",
+        set(),
+        {"sample_r1", "grade_r1", "build_r1", "train_r1", "evaluate_arith_r0", "evaluate_arith_r1"},
+        {"evaluate_arith"},
+    ),
+}
 #: Not flipped here, with the reason.
 NOT_FLIPPED = {
     "model.path": "ignored by model=tiny (refused by validate); see test_jsonl_fields",
@@ -173,10 +211,9 @@ NOT_FLIPPED = {
     "objective.trainer": "per key: test_objective_trainer_keys_...",
     "model.trainer_overrides.dpo": "another objective's settings: not read by sft",
     "model.trainer_overrides.kto": "another objective's settings: not read by sft",
-    "sampler.name": "vllm needs CUDA; its key carries its name and entropy_top_k",
+    "sampler._target_": "the backend: its cache_key (hf; vllm with entropy_top_k) is in the keys",
     "logger._target_": "where metrics go, never what they are",
     "paths.cache_dir": "where artifacts live",
-    "paper_reference": "the paper's numbers, copied into results.json for comparison",
 }
 
 
@@ -211,9 +248,20 @@ def test_objective_trainer_keys_change_training_unless_the_model_overrides_them(
     c = OmegaConf.to_container(_compose(["logger=none", "paths.cache_dir=/tmp/x"]), resolve=True)
     overridden = set(c["model"]["trainer_overrides"]["sft"])
     base = stage_keys([])
-    new = {"learning_rate": 1e-3, "num_train_epochs": 5, "per_device_train_batch_size": 4, "warmup_ratio": 0.2,
-           "max_length": 64, "weight_decay": 0.1, "lr_scheduler_type": "constant", "bf16": True,
-           "gradient_checkpointing": True, "logging_steps": 3, "max_grad_norm": 0.5, "warmup_steps": 10}  # fmt: skip
+    new = {
+        "learning_rate": 1e-3,
+        "num_train_epochs": 5,
+        "per_device_train_batch_size": 4,
+        "warmup_ratio": 0.2,
+        "max_length": 64,
+        "weight_decay": 0.1,
+        "lr_scheduler_type": "constant",
+        "bf16": True,
+        "gradient_checkpointing": True,
+        "logging_steps": 3,
+        "max_grad_norm": 0.5,
+        "warmup_steps": 10,
+    }
     for key, old in c["objective"]["trainer"].items():
         value = (not old) if isinstance(old, bool) else new.get(key)
         assert value is not None and value != old, f"give objective.trainer.{key} a flip value in this test"
@@ -236,8 +284,17 @@ def test_fields_that_choose_stages_leave_the_others_keys_alone(stage_keys, field
 def _write_jsonl_dataset(folder: Path, shift: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split, offset in (("train", 0), ("train2", 100), ("test", 200), ("test2", 300)):
-        rows = [{"question": f"What is {i + offset + shift}?", "q2": f"Say {i + offset}.", "answer": str(i),
-                 "a2": str(i + 1), "solution": f"so \\boxed{{{i + 2}}}", "id": f"r{i + offset}"} for i in range(6)]  # fmt: skip
+        rows = [
+            {
+                "question": f"What is {i + offset + shift}?",
+                "q2": f"Say {i + offset}.",
+                "answer": str(i),
+                "a2": str(i + 1),
+                "solution": f"so \\boxed{{{i + 2}}}",
+                "id": f"r{i + offset}",
+            }
+            for i in range(6)
+        ]
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def test_readme_python_snippet_runs(capsys):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks, "README has no python snippet"
     for block in blocks:

@@ -30,17 +30,40 @@ sft_rows = [
     {"prompt": user(a), "completion": say(f"\\boxed{{{2 * a + 1}}}" + "!" * a), "weight": w}
     for a, w in zip(range(1, 5), weights)
 ]
-dpo_rows = [{"prompt": user(a), "chosen": say(f"\\boxed{{{2 * a + 1}}}" + "." * a), "rejected": say(f"\\boxed{{{2 * a}}}"), "weight": w} for a, w in zip(range(1, 5), weights)]  # fmt: skip
-common = dict(output_dir=f"{out_path}.out", report_to=[], bf16=False, use_cpu=True, save_strategy="no", logging_steps=1,
-              max_steps=1, per_device_train_batch_size=per_device, seed=0, learning_rate=1e-3)  # fmt: skip
+dpo_rows = [
+    {
+        "prompt": user(a),
+        "chosen": say(f"\\boxed{{{2 * a + 1}}}" + "." * a),
+        "rejected": say(f"\\boxed{{{2 * a}}}"),
+        "weight": w,
+    }
+    for a, w in zip(range(1, 5), weights)
+]
+common = dict(
+    output_dir=f"{out_path}.out",
+    report_to=[],
+    bf16=False,
+    use_cpu=True,
+    save_strategy="no",
+    logging_steps=1,
+    max_steps=1,
+    per_device_train_batch_size=per_device,
+    seed=0,
+    learning_rate=1e-3,
+)
 results = {}
 for name, cls, cfg, rows in (
     ("sft", WeightedSFTTrainer, SFTConfig, sft_rows),
     ("dpo", WeightedDPOTrainer, DPOConfig, dpo_rows),
 ):
     extra = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if name == "dpo" else {}
-    trainer = cls(model=AutoModelForCausalLM.from_pretrained(model_dir), args=cfg(**common), train_dataset=Dataset.from_list(rows),
-                  processing_class=AutoTokenizer.from_pretrained(model_dir), **extra)  # fmt: skip
+    trainer = cls(
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        args=cfg(**common),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        **extra,
+    )
     trainer.train()
     results[name] = {
         "loss": trainer.state.log_history[0]["loss"],

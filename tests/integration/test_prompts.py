@@ -11,8 +11,7 @@ import pytest
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from east.prompts import CHAT_TEMPLATES, LLAMA3_PAPER, build_prompts, resolve_chat_template
-
-from .conftest import assistant
+from tests.conftest import assistant
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 QUESTIONS = ["What is 3 plus 4?", "What is 10 plus 2?"]
@@ -57,21 +56,25 @@ def test_paper_template_gives_the_same_prompt_on_any_day(monkeypatch, llama3_dir
 
 
 def test_sample_and_evaluate_keys_carry_the_prompt_digest(monkeypatch, llama3_dir, tmp_path):
+    from east import stages as stages_module
+    from east.config import validate
     from east.data import Problem
-    from east.pipeline import Pipeline
+    from east.sampling import HFSampler
+    from east.stages import Stages
     from east.tracking import NullLogger
+    from tests.helpers import compose as _compose
+
+    monkeypatch.setattr(stages_module, "model_path", lambda _: str(llama3_dir))
 
     def keys(template: str, day: int) -> tuple[str, str]:
         _on_day(monkeypatch, day)
-        cfg = {"paths": {"cache_dir": str(tmp_path)}, "model": {"system_prompt": SYSTEM, "chat_template": template,
-               "dtype": "float32"}, "sampler": {"name": "hf", "batch_size": 8}, "seed": 0,
-               "sampling": {"n": 1, "temperature": 0.8, "top_p": 1.0, "max_new_tokens": 1},
-               "evaluation": {"max_new_tokens": 1}, "grading": {"processes": 1, "fallback": "last_number", "timeout_s": 1.0}}  # fmt: skip
-        pipe = Pipeline(cfg, NullLogger())
+        overrides = ["sampling.n=1", "sampling.max_new_tokens=1", "evaluation.max_new_tokens=1"]
+        c = validate(_compose([f"paths.cache_dir={tmp_path}", *overrides]))
+        c.model.system_prompt, c.model.chat_template = SYSTEM, template
+        stages = Stages(c, NullLogger(), HFSampler(batch_size=8, progress=False))
         model = types.SimpleNamespace(path=tmp_path / "none", key="base")
-        pipe.model_path = lambda _: str(llama3_dir)
         problems = [Problem(f"q{i}", q, "7") for i, q in enumerate(QUESTIONS)]
-        return pipe.sample(model, problems).key, pipe.evaluate(model, "t", problems, "evaluate_t").key
+        return stages.sample(model, problems).key, stages.evaluate(model, "t", problems, "evaluate_t").key
 
     assert keys("llama3_paper", 23) == keys("llama3_paper", 24)
     assert keys(DATED, 23) != keys(DATED, 24)
@@ -101,15 +104,15 @@ def seen_by_generate(monkeypatch):
     return seen
 
 
-def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(llama3_dir, seen_by_generate, monkeypatch):
+def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(
+    llama3_dir, seen_by_generate, monkeypatch
+):
     from datasets import Dataset
     from trl import DPOConfig, SFTConfig
 
-    from east.data import Problem
-    from east.evaluation import evaluate
     from east.models import load_tokenizer
     from east.prompts import messages
-    from east.sampling import SamplingParams, get_sampler
+    from east.sampling import HFSampler, SamplingParams
     from east.training import WeightedDPOTrainer, WeightedSFTTrainer
 
     tok = load_tokenizer(str(llama3_dir), "llama3_paper")
@@ -120,25 +123,42 @@ def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(llama3_dir, 
     # The trap this guards against: tokenizing the rendered text with special tokens.
     assert tok(prompts.texts[0])["input_ids"][:2] == [bos, bos]
 
-    sampler = get_sampler("hf", batch_size=3, progress=False)
-    sampler.generate(str(llama3_dir), prompts.token_ids, [[1, 2], [3, 4]], SamplingParams(n=2, max_new_tokens=3))
+    sampler = HFSampler(batch_size=3, progress=False)
+    sampler.generate(
+        str(llama3_dir), prompts.token_ids, [[1, 2], [3, 4]], SamplingParams(n=2, max_new_tokens=3)
+    )
     sampled = list(seen_by_generate)
     seen_by_generate.clear()
-    problems = [Problem(f"q{i}", q, "7") for i, q in enumerate(QUESTIONS)]
-    evaluate(sampler, str(llama3_dir), prompts.token_ids, problems, max_new_tokens=3)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=3)  # what the evaluate stage runs
+    sampler.generate(str(llama3_dir), prompts.token_ids, [[0]] * len(QUESTIONS), greedy)
     evaluated = list(seen_by_generate)
     assert sorted(sampled) == sorted(prompts.token_ids * 2)
     assert sorted(evaluated) == sorted(prompts.token_ids)
 
     common = dict(output_dir="/tmp/east-bos", report_to=[], use_cpu=True, bf16=False, max_steps=1)
-    sft = WeightedSFTTrainer(model=LlamaForCausalLM.from_pretrained(llama3_dir), processing_class=tok,
-                             args=SFTConfig(**common), train_dataset=Dataset.from_list(
-                                 [{"prompt": messages(q, SYSTEM), "completion": assistant("\\boxed{7}")}
-                                  for q in QUESTIONS]))  # fmt: skip
-    dpo = WeightedDPOTrainer(model=LlamaForCausalLM.from_pretrained(llama3_dir), processing_class=tok,
-                             args=DPOConfig(**common), train_dataset=Dataset.from_list(
-                                 [{"prompt": messages(q, SYSTEM), "chosen": assistant("\\boxed{7}"),
-                                   "rejected": assistant("\\boxed{8}")} for q in QUESTIONS]))  # fmt: skip
+    sft = WeightedSFTTrainer(
+        model=LlamaForCausalLM.from_pretrained(llama3_dir),
+        processing_class=tok,
+        args=SFTConfig(**common),
+        train_dataset=Dataset.from_list(
+            [{"prompt": messages(q, SYSTEM), "completion": assistant("\\boxed{7}")} for q in QUESTIONS]
+        ),
+    )
+    dpo = WeightedDPOTrainer(
+        model=LlamaForCausalLM.from_pretrained(llama3_dir),
+        processing_class=tok,
+        args=DPOConfig(**common),
+        train_dataset=Dataset.from_list(
+            [
+                {
+                    "prompt": messages(q, SYSTEM),
+                    "chosen": assistant("\\boxed{7}"),
+                    "rejected": assistant("\\boxed{8}"),
+                }
+                for q in QUESTIONS
+            ]
+        ),
+    )
     for i, ids in enumerate(prompts.token_ids):
         sft_ids = sft.train_dataset[i]["input_ids"]
         assert sft_ids[: len(ids)] == ids and sft_ids.count(bos) == 1
@@ -157,9 +177,6 @@ def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(llama3_dir, 
             return [types.SimpleNamespace(outputs=[out]) for _ in requests]
 
     module.LLM, module.SamplingParams = LLM, lambda **kw: types.SimpleNamespace(**kw)
-    from east import sampling
-
-    monkeypatch.setattr(sampling, "SAMPLERS", dict(sampling.SAMPLERS))  # the fake registers itself
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.delitem(sys.modules, "east.sampling_vllm", raising=False)
     from east.sampling_vllm import VLLMSampler

@@ -13,30 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from east.config import register_configs
 from east.pipeline import run
-
-ROOT = Path(__file__).resolve().parents[1]
-register_configs()
-
-# The embedded default, shrunk to seconds: a smaller model, a short warm-up, easy questions.
-SMALL = [
-    "logger=none",
-    "model.tiny.hidden_size=64",
-    "model.tiny.num_layers=2",
-    "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=128",
-    "model.tiny.warmup_steps=150",
-    "model.tiny.warmup_batch_size=16",
-    "dataset.arith.steps=1",
-    "dataset.arith.max_number=5",
-    "dataset.arith.warmup_size=600",
-    "dataset.arith.train_size=24",
-    "dataset.arith.test_size=16",
-    "sampling.n=6",
-    "sampling.max_new_tokens=24",
-    "evaluation.max_new_tokens=24",
-]
+from tests.helpers import ROOT, SMALL
 
 
 def _run(cache: Path, out: Path, *overrides: str) -> dict:
@@ -60,8 +38,15 @@ def first(cache, tmp_path_factory) -> dict:
 
 
 def test_results_schema(first):
-    assert first["run"] == {"objective": "sft", "mapping": "power", "sharpness": 1.0, "model": "tiny",
-                            "dataset": "arith", "seed": 0, "experiment": None}  # fmt: skip
+    assert first["run"] == {
+        "objective": "sft",
+        "mapping": "power",
+        "sharpness": 1.0,
+        "model": "tiny",
+        "dataset": "arith",
+        "seed": 0,
+        "experiment": None,
+    }
     for stage in ("base_model", "sample", "grade", "build", "train", "evaluate"):
         s = first["stages"][stage]
         assert set(s) == {"cached", "seconds", "key"} and isinstance(s["cached"], bool)
@@ -99,8 +84,15 @@ def test_rerun_with_same_config_is_fully_cached(first, cache, tmp_path):
 
 def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "run.py"), *SMALL, "objective=kto", "seed=7",
-           f"paths.cache_dir={cache}", f"hydra.run.dir={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *SMALL,
+        "objective=kto",
+        "seed=7",
+        f"paths.cache_dir={cache}",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -181,14 +173,25 @@ def _keep_half_lines(p: Path) -> None:
 
 #: (label, stage, file, damage, downstream folders also deleted) -- the faults a user hit.
 PIPELINE_FAULTS = {
-    "samples cut to half, downstream deleted": ("sample", "sample", "samples.jsonl", _keep_half_lines, ("grade", "build")),
+    "samples cut to half, downstream deleted": (
+        "sample",
+        "sample",
+        "samples.jsonl",
+        _keep_half_lines,
+        ("grade", "build"),
+    ),
     "grades cut to half": ("grade", "grade", "grades.jsonl", _keep_half_lines, ()),
     "samples emptied": ("sample", "sample", "samples.jsonl", lambda p: p.write_text(""), ()),
     "records deleted": ("build", "build", "records.jsonl", lambda p: p.unlink(), ()),
-    "checkpoint truncated": ("train", "train", "model/model.safetensors",
-                             lambda p: p.write_bytes(p.read_bytes()[:1000]), ()),
+    "checkpoint truncated": (
+        "train",
+        "train",
+        "model/model.safetensors",
+        lambda p: p.write_bytes(p.read_bytes()[:1000]),
+        (),
+    ),
     "predictions deleted": ("evaluate_arith", "evaluate", "predictions.jsonl", lambda p: p.unlink(), ()),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("fault", sorted(PIPELINE_FAULTS))
@@ -211,13 +214,15 @@ def test_a_damaged_artifact_is_rebuilt_never_read(first, cache, tmp_path, fault)
 
 def test_samples_and_grades_are_joined_by_id(first, cache):
     from east.cache import StageResult
-    from east.pipeline import _join_by_id
+    from east.stages import join_by_id as _join_by_id
 
     rows = [{"id": "a"}, {"id": "b"}]
     left = StageResult("sample", "k1", cache / "sample" / "k1", True, 0.0)
     right = StageResult("grade", "k2", cache / "grade" / "k2", True, 0.0)
     assert _join_by_id(rows, [{"id": "b", "x": 2}, {"id": "a", "x": 1}], left, right) == [
-        {"id": "a", "x": 1}, {"id": "b", "x": 2}]  # fmt: skip
+        {"id": "a", "x": 1},
+        {"id": "b", "x": 2},
+    ]
     with pytest.raises(RuntimeError, match=r"1 missing from grade .*'b'.*delete both folders"):
         _join_by_id(rows, [{"id": "a"}], left, right)
     with pytest.raises(RuntimeError, match=r"1 extra \(e.g. \['c'\]\)"):

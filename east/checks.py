@@ -1,0 +1,56 @@
+"""Value checks for the config dataclasses' ``__post_init__``: each raises
+:class:`~east.errors.ConfigError` naming the key, the value and what is allowed.
+
+Values still unset (OmegaConf's ``"???"``, while Hydra builds the schema) are not checked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from east.errors import ConfigError
+
+#: numpy's and torch's seed range.
+MAX_SEED = 2**32 - 1
+
+
+def unset(value: Any) -> bool:
+    return isinstance(value, str) and value == "???"
+
+
+def fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"invalid config {key}={value!r}: {allowed}")
+
+
+def check_int(key: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> None:
+    if unset(value) or (value is None and optional):
+        return
+    allowed = f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    if optional:
+        allowed += " (or null for all)"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        fail(key, value, allowed)
+
+
+def check_real(key: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False) -> None:
+    if unset(value):
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        if math.isfinite(high):
+            interval = f"in {'(' if open_low else '['}{low}, {high}]"
+        else:
+            interval = f"> {low}" if open_low else f">= {low}"
+        fail(key, value, f"must be a finite number {interval}")
+
+
+def check_choice(key: str, value: Any, allowed: Any) -> None:
+    if not unset(value) and value not in allowed:
+        fail(key, value, f"allowed: {', '.join(map(str, allowed))}")

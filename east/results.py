@@ -1,0 +1,149 @@
+"""A run's results: ``results.json`` assembled from its stages' artifacts, the per-run
+figures, what goes to the experiment logger (W&B), and the summary printed at the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from east.cache import StageResult, read_json
+from east.config import Config
+from east.data import Splits
+
+#: The data statistics of a run that trains nothing (evaluation.only).
+NO_TRAINING_STATS = {
+    "questions": 0,
+    "kept": 0,
+    "dropped": {},
+    "records": 0,
+    **{
+        k: {"mean": None, "min": None, "max": None}
+        for k in ("entropy", "weight", "entropy_all", "accuracy_all")
+    },
+    "entropy_values": [],
+    "kept_entropy_values": [],
+    "weight_values": [],
+}
+
+
+def assemble(
+    c: Config,
+    splits: Splits,
+    stages: dict[str, StageResult],
+    evals: dict[str, dict[str, Any]],
+    per_round: list[dict[str, Any]],
+    records: StageResult | None,
+    model: StageResult | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """The run's ``results.json`` (``records``/``model``: the last round's; None when the run
+    only evaluates)."""
+    from east.report import paper_number
+
+    stats = NO_TRAINING_STATS if records is None else read_json(records.path / "stats.json")
+    stage_summary = {k: v.summary() for k, v in stages.items()}
+    # The stage names the schema promises, whatever test sets there are.
+    stage_summary["evaluate"] = _merge([v for k, v in stages.items() if k.startswith("evaluate_")])
+    run = {
+        "objective": "none" if records is None else str(c.objective.name),
+        "mapping": c.east.mapping,
+        "sharpness": c.east.sharpness,
+        "model": c.model.name,
+        "dataset": c.dataset.name,
+        "seed": c.seed,
+        "experiment": c.experiment_name,
+    }
+    return {
+        "run": run,
+        "stages": stage_summary,
+        "data": {
+            **{k: stats[k] for k in ("questions", "kept", "dropped", "records", "entropy", "weight")},
+            **{k: stats[k] for k in ("entropy_all", "accuracy_all")},
+            "skipped_rows": splits.skipped,
+        },
+        "train": None if model is None else read_json(model.path / "train_info.json"),
+        "grading": {
+            "mode": c.grading.mode,
+            "fallback": c.grading.fallback,
+            "timeout_s": c.grading.timeout_s,
+            "timeouts": grading_timeouts(stages),
+        },
+        "eval": evals,
+        "rounds": per_round,
+        "paper": paper_number(run),
+        "seconds": round(seconds, 2),
+    }
+
+
+def histograms(records: StageResult | None) -> dict[str, list[float]]:
+    """Per-question values behind the run's figures and W&B histograms."""
+    stats = NO_TRAINING_STATS if records is None else read_json(records.path / "stats.json")
+    return {
+        "entropy": stats["entropy_values"],
+        "kept_entropy": stats["kept_entropy_values"],
+        "weight": stats["weight_values"],
+    }
+
+
+def grading_timeouts(stages: dict[str, StageResult]) -> dict[str, int | None]:
+    """Responses cut by the grading bound, per grading stage of this run (None: an artifact
+    written before the count existed)."""
+    out: dict[str, int | None] = {}
+    for label, stage in stages.items():
+        if stage.name == "grade":
+            out[label] = read_json(stage.path / "stats.json").get("timeouts")
+        elif stage.name in ("evaluate", "evaluate_sampled"):
+            out[label] = read_json(stage.path / "metrics.json").get("grading_timeouts")
+    return out
+
+
+def accuracy(stage: StageResult) -> float:
+    return read_json(stage.path / "metrics.json")["accuracy"]
+
+
+def _merge(results: list[StageResult]) -> dict[str, Any]:
+    return {
+        "cached": all(r.cached for r in results),
+        "seconds": round(sum(r.seconds for r in results), 3),
+        "key": ",".join(r.key for r in results),
+    }
+
+
+def log_results(
+    logger: Any, results: dict[str, Any], hists: dict[str, list[float]], images: list[Path]
+) -> None:
+    """Figures, histograms, flat metrics, and the whole results.json in the run's summary (so
+    east.report can rebuild the table from a W&B project)."""
+    for image in images:
+        logger.image(f"plots/{image.stem}", image)
+    for name, values in hists.items():
+        logger.histogram(f"data/{name}", values)
+    data = results["data"]
+    flat = {f"eval/{t}/{k}": v for t, e in results["eval"].items() for k, v in e.items()}
+    flat.update({f"data/{k}/{s}": v for k in ("entropy", "weight") for s, v in data[k].items()})
+    flat.update({"data/questions": data["questions"], "data/kept": data["kept"]})
+    flat.update({f"data/dropped/{k}": v for k, v in data["dropped"].items()})
+    logger.log(flat)
+    logger.summary({**flat, "results_json": json.dumps(results)})
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    r, d = results["run"], results["data"]
+    lines = [
+        f"EAST {r['objective']} mapping={r['mapping']} a={r['sharpness']} seed={r['seed']} "
+        f"({r['model']} on {r['dataset']}, {results['seconds']:.0f}s)"
+    ]
+    if d["kept"]:
+        lines.append(
+            f"  kept {d['kept']}/{d['questions']} questions, mean weight {d['weight']['mean']:.3f}, "
+            f"mean entropy {d['entropy']['mean']:.3f} bits"
+        )
+    lines.append(f"  {'test set':<12}{'base':>8}{'trained':>9}{'n':>6}")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    for name, e in results["eval"].items():
+        lines.append(f"  {name:<12}{pct(e.get('base')):>8}{pct(e.get('trained')):>9}{e['n']:>6}")
+    print("\n".join(lines))
