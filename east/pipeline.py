@@ -42,7 +42,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         directory=str(out_dir),
     )
     try:
-        outcome, records = _run(c, logger)
+        outcome, records, evaluated = _run(c, logger)
+        results.write_predictions(out_dir / "predictions.jsonl", evaluated)
         write_json(out_dir / "results.json", outcome)  # before any W&B call can fail
         hists = results.histograms(records)
         images = []
@@ -57,9 +58,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return outcome
 
 
-def _run(c: Config, logger: Any) -> tuple[dict[str, Any], StageResult | None]:
-    """The stages of one experiment; returns results.json's content and the last round's
-    training records (None when the run only evaluates)."""
+def _run(
+    c: Config, logger: Any
+) -> tuple[dict[str, Any], StageResult | None, dict[tuple[str, str], StageResult]]:
+    """The stages of one experiment; returns results.json's content, the last round's
+    training records (None when the run only evaluates) and the greedy evaluations by
+    (test set, base or trained)."""
     import hydra.utils
 
     start = time.perf_counter()
@@ -70,16 +74,18 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], StageResult | None]:
 
     # Self-training: each round samples from the model the previous round trained.
     model, records, per_round = base, None, []
+    evaluated: dict[tuple[str, str], StageResult] = {}  # (test set, base / trained / roundN)
     for r in [] if only else range(c.rounds):
         samples = stages.sample(model, splits.train, round_=r)
         grades = stages.grade(samples, round_=r)
         records = stages.build(samples, grades, round_=r)
         model = stages.train(model, records, round_=r)
         if c.rounds > 1:
-            accs = {
-                name: results.accuracy(stages.evaluate(model, name, problems, f"evaluate_{name}_r{r}"))
-                for name, problems in splits.tests.items()
-            }
+            for name, problems in splits.tests.items():
+                evaluated[(name, f"round{r + 1}")] = stages.evaluate(
+                    model, name, problems, f"evaluate_{name}_r{r}"
+                )
+            accs = {name: results.accuracy(evaluated[(name, f"round{r + 1}")]) for name in splits.tests}
             per_round.append(
                 {"round": r, "eval": accs, "kept": read_json(records.path / "stats.json")["kept"]}
             )
@@ -94,7 +100,8 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], StageResult | None]:
         entry: dict[str, Any] = {"n": len(problems)}
         for which, m in targets:
             label = "evaluate_base" if which == "base" else "evaluate"
-            entry[which] = results.accuracy(stages.evaluate(m, name, problems, f"{label}_{name}"))
+            evaluated[(name, which)] = stages.evaluate(m, name, problems, f"{label}_{name}")
+            entry[which] = results.accuracy(evaluated[(name, which)])
             if c.evaluation.samples:
                 sampled = stages.evaluate_sampled(m, name, problems, f"{label}_sampled_{name}")
                 entry.update({f"{which}_{k}": v for k, v in read_json(sampled.path / "metrics.json").items()})
@@ -102,7 +109,8 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], StageResult | None]:
 
     trained = None if only else model
     seconds = time.perf_counter() - start
-    return results.assemble(c, splits, stages.results, evals, per_round, records, trained, seconds), records
+    outcome = results.assemble(c, splits, stages.results, evals, per_round, records, trained, seconds)
+    return outcome, records, evaluated
 
 
 def _command_line_overrides() -> list[str]:

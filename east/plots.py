@@ -53,11 +53,14 @@ def plot_run(histograms: dict[str, list[float]], out_dir: str | Path) -> list[Pa
 
 
 def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Trained accuracy vs sharpness per objective and test set, mean and seed spread (the
-    paper's Figure 3), for runs of the paper's mapping (power) and vanilla runs (at a = 0)."""
+    """Trained accuracy vs sharpness per objective and test set (the paper's Figure 3), for
+    runs of the paper's mapping (power) and vanilla runs (at a = 0). Each point is the mean
+    over seeds and questions; the band is its 95% bootstrap interval over test questions
+    where the runs stored predictions (else error bars: the seeds' standard deviation)."""
+    from east.stats import accuracy_interval
     from east.weighting import is_vanilla
 
-    series: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    points: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if r["run"]["objective"] == "none":
             continue
@@ -67,19 +70,90 @@ def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> 
             a = float(r["run"]["sharpness"])
         else:
             continue
-        for test, e in r["eval"].items():
-            if e.get("trained") is not None:
-                series[(r["run"]["objective"], test)][a].append(100 * e["trained"])
+        for test in r["eval"]:
+            if r["eval"][test].get("trained") is not None:
+                points[(r["run"]["objective"], test)][a].append(r)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (objective, test), points in sorted(series.items()):
-        xs = sorted(points)
-        means = np.array([np.mean(points[x]) for x in xs])
-        stds = np.array([np.std(points[x], ddof=1) if len(points[x]) > 1 else 0.0 for x in xs])
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=f"{objective} / {test}")
-    ax.set(xlabel="sharpness a", ylabel="accuracy (%)", title="accuracy vs sharpness (mean ± std over seeds)")
-    if series:
+    for (objective, test), by_a in sorted(points.items()):
+        xs = sorted(by_a)
+        stats = [_band(by_a[x], test, "trained", accuracy_interval) for x in xs]
+        means = np.array([m for m, _, _ in stats])
+        line = ax.plot(xs, means, marker="o", label=f"{objective} / {test}")[0]
+        if all(lo is not None for _, lo, _ in stats):
+            ax.fill_between(
+                xs, [lo for _, lo, _ in stats], [hi for _, _, hi in stats], color=line.get_color(), alpha=0.2
+            )
+        else:
+            spread = [
+                np.std([100 * r["eval"][test]["trained"] for r in by_a[x]], ddof=1)
+                if len(by_a[x]) > 1
+                else 0.0
+                for x in xs
+            ]
+            ax.errorbar(xs, means, yerr=spread, fmt="none", ecolor=line.get_color(), capsize=3)
+    ax.set(
+        xlabel="sharpness a",
+        ylabel="accuracy (%)",
+        title="accuracy vs sharpness (band: 95% CI over questions)",
+    )
+    if points:
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_accuracy_vs_round(runs: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Accuracy after each round of iterative self-training (the paper's Figure 4), per
+    objective, weighting and test set: the mean over seeds with its 95% band over test
+    questions (round 0: the base model). None when no run has more than one round."""
+    from east.stats import accuracy_interval
+    from east.weighting import is_vanilla
+
+    series: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        if len(r.get("rounds") or []) > 1:
+            run = r["run"]
+            vanilla = is_vanilla(run["mapping"], run["sharpness"])
+            label = run["objective"] + ("" if vanilla else f" + {run['mapping']} a={run['sharpness']:g}")
+            for test in r["eval"]:
+                series[(label, test)].append(r)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (label, test), group in sorted(series.items()):
+        rounds = min(len(r["rounds"]) for r in group)
+        xs, stats = [0], [_band(group, test, "base", accuracy_interval)]
+        for k in range(1, rounds + 1):
+            xs.append(k)
+            stats.append(_band(group, test, f"round{k}", accuracy_interval, per_round=k - 1))
+        line = ax.plot(xs, [m for m, _, _ in stats], marker="o", label=f"{label} / {test}")[0]
+        if all(lo is not None for _, lo, _ in stats):
+            ax.fill_between(
+                xs, [lo for _, lo, _ in stats], [hi for _, _, hi in stats], color=line.get_color(), alpha=0.2
+            )
+    ax.set(
+        xlabel="round", ylabel="accuracy (%)", title="iterative self-training (band: 95% CI over questions)"
+    )
+    ax.set_xticks(xs)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _band(
+    runs: list[dict[str, Any]], test: str, which: str, interval: Any, per_round: int | None = None
+) -> tuple[float, float | None, float | None]:
+    """(mean, low, high) accuracy of ``which`` (base, trained, roundN) over ``runs``."""
+    from east.runs import predictions_of
+
+    preds = [predictions_of(r).get((test, which)) for r in runs]
+    if all(preds):
+        ids = sorted(set.intersection(*(set(p) for p in preds)))
+        if ids:
+            return interval([[p[i] for i in ids] for p in preds])
+    if per_round is not None:
+        values = [100 * r["rounds"][per_round]["eval"][test] for r in runs]
+    else:
+        values = [100 * r["eval"][test][which] for r in runs]
+    return float(np.mean(values)), None, None
 
 
 def _save(fig: Any, path: str | Path) -> Path:

@@ -12,12 +12,13 @@ our difference. Missing cells stay missing (never zero).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from east.runs import collect_runs, collect_wandb, predictions_of
 
 __all__ = [
     "PAPER",
@@ -62,33 +63,6 @@ LABELS = {
     "kto": "KTO",
     "kto_east": "+EAST",
 }
-
-
-def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Every ``results.json`` below ``sweep_dir`` (sorted by path)."""
-    paths = sorted(Path(sweep_dir).rglob("results.json"))
-    runs = []
-    for p in paths:
-        r = json.loads(p.read_text())
-        r["_path"] = str(p.parent)
-        runs.append(r)
-    return runs
-
-
-def collect_wandb(
-    project: str, entity: str | None = None, filters: dict | None = None
-) -> list[dict[str, Any]]:
-    """Runs of a W&B project (needs network and an API key)."""
-    import wandb
-
-    api = wandb.Api()
-    path = f"{entity}/{project}" if entity else project
-    runs = []
-    for run in api.runs(path, filters=filters or {}):
-        text = run.summary.get("results_json")
-        if text:
-            runs.append({**json.loads(text), "_path": run.url})
-    return runs
 
 
 def setting_of(run: dict[str, Any]) -> str:
@@ -186,10 +160,65 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
                 }
                 if any(rec[t]["mean"] is not None for t in tests) or avg_ref is not None:
                     table.append(rec)
+    _add_paired(table, runs, tests)
     return table
 
 
+def _row_predictions(
+    runs: list[dict[str, Any]], model: str, row: str, variant: str, test: str
+) -> dict[int, dict[str, bool]]:
+    """seed -> {question id: correct} of one table row on one test set (the default row: the
+    base model's, under seed 0: greedy decoding does not depend on the seed)."""
+    out: dict[int, dict[str, bool]] = {}
+    for run in runs:
+        if run["run"]["model"] != model:
+            continue
+        preds = predictions_of(run)
+        if row == "default":
+            if (test, "base") in preds:
+                out[0] = preds[(test, "base")]
+        elif setting_of(run) == row and variant_of(run) == variant and (test, "trained") in preds:
+            out[run["run"]["seed"]] = preds[(test, "trained")]
+    return out
+
+
+def reference_row(row: str) -> str | None:
+    """What a row's paired Δ compares with: an EAST row with its vanilla row, a vanilla row
+    with the base model (the default row)."""
+    if row.endswith("_east"):
+        return row.removesuffix("_east")
+    return None if row == "default" else "default"
+
+
+def _add_paired(table: list[dict[str, Any]], runs: list[dict[str, Any]], tests: list[str]) -> None:
+    """Per row and test set, ``paired``: Δ vs the reference row with its 95% paired bootstrap
+    interval, p-value, and the seeds and questions behind it (None where either row has no
+    stored predictions)."""
+    from east.stats import paired_comparison
+
+    for rec in table:
+        ref = reference_row(rec["row"])
+        for test in tests:
+            rec[test]["paired"] = None
+            if ref is None:
+                continue
+            ours = _row_predictions(runs, rec["model"], rec["row"], rec["variant"], test)
+            theirs = _row_predictions(runs, rec["model"], ref, "", test)
+            if ref == "default" and 0 in theirs:  # the base model, the same under every seed
+                theirs = dict.fromkeys(ours, theirs[0])
+            seeds = sorted(set(ours) & set(theirs))
+            if not seeds:
+                continue
+            ids = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
+            if not ids:
+                continue
+            a = [[ours[s][i] for i in ids] for s in seeds]
+            b = [[theirs[s][i] for i in ids] for s in seeds]
+            rec[test]["paired"] = {"vs": ref, **paired_comparison(a, b).to_dict()}
+
+
 def table_columns(table: list[dict[str, Any]]) -> list[str]:
+    """The table's value columns: the test sets, then AVG."""
     skip = {"model", "row", "variant", "label"}
     return [k for k in table[0] if k not in skip] if table else []
 
@@ -202,16 +231,47 @@ def _fmt(cell: dict[str, Any]) -> str:
     return f"{cell['mean']:.1f} ± {cell['std']:.1f} (n={cell['seeds']})"
 
 
+def _fmt_paired(cell: dict[str, Any]) -> str:
+    p = cell.get("paired")
+    if not p:
+        return "–"
+    return (
+        f"{p['delta']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}] p={_fmt_p(p['p_value'])} "
+        f"({p['seeds']}×{p['questions']})"
+    )
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def to_markdown(table: list[dict[str, Any]]) -> str:
+    """The table: per test set our mean ± std (seeds), the paired Δ vs the reference row
+    (EAST vs vanilla, vanilla vs base) with its 95% interval, p-value and seeds×questions,
+    then the paper's number and our difference from it."""
     cols = table_columns(table)
-    head = ["model", "setting", *cols, *(f"paper {c}" for c in cols), *(f"Δ {c}" for c in cols)]
+    tests = [c for c in cols if c != "AVG"]
+    head = [
+        "model",
+        "setting",
+        *cols,
+        *(f"paired Δ {c} [95% CI]" for c in tests),
+        *(f"paper {c}" for c in cols),
+        *(f"vs paper {c}" for c in cols),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rec in table:
         ours = [_fmt(rec[c]) for c in cols]
+        paired = [_fmt_paired(rec[c]) for c in tests]
         paper = ["–" if rec[c]["paper"] is None else f"{rec[c]['paper']:.1f}" for c in cols]
         diff = ["–" if rec[c]["diff"] is None else f"{rec[c]['diff']:+.1f}" for c in cols]
-        lines.append("| " + " | ".join([rec["model"], rec["label"], *ours, *paper, *diff]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join([rec["model"], rec["label"], *ours, *paired, *paper, *diff]) + " |")
+    note = (
+        "\nPaired Δ: accuracy points of the row minus its reference (an EAST or baseline row: its "
+        "vanilla row; a vanilla row: the base model), on the same questions and seeds; 95% paired "
+        "bootstrap interval over test questions, sign-flip permutation p-value, seeds×questions.\n"
+    )
+    return "\n".join(lines) + "\n" + note
 
 
 def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
@@ -219,19 +279,27 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
 
     cols = table_columns(table)
     fields = ("mean", "std", "seeds", "paper", "diff")
+    paired = ("vs", "delta", "low", "high", "p_value", "seeds", "questions")
+    tests = [c for c in cols if c != "AVG"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "setting", "variant"] + [f"{c}_{k}" for c in cols for k in fields])
+        w.writerow(
+            ["model", "setting", "variant"]
+            + [f"{c}_{k}" for c in cols for k in fields]
+            + [f"{c}_paired_{k}" for c in tests for k in paired]
+        )
         for rec in table:
             values = ["" if rec[c][k] is None else rec[c][k] for c in cols for k in fields]
-            w.writerow([rec["model"], rec["row"], rec["variant"], *values])
+            pairs = [("" if not rec[c].get("paired") else rec[c]["paired"][k]) for c in tests for k in paired]
+            w.writerow([rec["model"], rec["row"], rec["variant"], *values, *pairs])
 
 
 def write_report(runs: list[dict[str, Any]], out_dir: str | Path, name: str = "table") -> dict[str, Path]:
-    """The table (Markdown and CSV) and the accuracy-vs-sharpness figure of ``runs``, written
-    into ``out_dir``: what the sweep callback, ``python -m east.report`` and the notebook
-    all produce. Returns the paths by kind."""
-    from east.plots import plot_accuracy_vs_sharpness
+    """The table (Markdown and CSV), the accuracy-vs-sharpness figure and, for iterative runs,
+    the accuracy-vs-round figure of ``runs``, written into ``out_dir``: what the sweep
+    callback, ``python -m east.report`` and the notebook all produce. Returns the paths by
+    kind."""
+    from east.plots import plot_accuracy_vs_round, plot_accuracy_vs_sharpness
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +308,9 @@ def write_report(runs: list[dict[str, Any]], out_dir: str | Path, name: str = "t
     paths["markdown"].write_text(to_markdown(table))
     to_csv(table, paths["csv"])
     paths["figure"] = plot_accuracy_vs_sharpness(runs, out_dir / "accuracy_vs_sharpness.png")
+    rounds = plot_accuracy_vs_round(runs, out_dir / "accuracy_vs_round.png")
+    if rounds is not None:
+        paths["rounds_figure"] = rounds
     return paths
 
 

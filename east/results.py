@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from east.cache import StageResult, read_json
+from east.cache import StageResult, read_json, read_jsonl, write_jsonl
 from east.config import Config
 from east.data import Splits
 
@@ -74,6 +74,24 @@ def assemble(
         "paper": paper_number(run),
         "seconds": round(seconds, 2),
     }
+
+
+def write_predictions(path: Path, evaluated: dict[tuple[str, str], StageResult]) -> None:
+    """Every greedy prediction of the run, a row per (test set, model, question): what
+    east.report pairs question by question to compare two rows of the table."""
+    rows = []
+    for (test, which), stage in evaluated.items():
+        for r in read_jsonl(stage.path / "predictions.jsonl"):
+            rows.append(
+                {
+                    "test": test,
+                    "model": which,
+                    "id": r["id"],
+                    "correct": bool(r["correct"]),
+                    "answer": r["answer"],
+                }
+            )
+    write_jsonl(path, rows)
 
 
 def histograms(records: StageResult | None) -> dict[str, list[float]]:

@@ -1,0 +1,52 @@
+"""Finished runs read back: their ``results.json`` from a sweep folder (or a W&B project, where
+each run stores it in its summary) and their per-question predictions."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_runs", "collect_wandb", "predictions_of"]
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every ``results.json`` below ``sweep_dir`` (sorted by path)."""
+    paths = sorted(Path(sweep_dir).rglob("results.json"))
+    runs = []
+    for p in paths:
+        r = json.loads(p.read_text())
+        r["_path"] = str(p.parent)
+        runs.append(r)
+    return runs
+
+
+def collect_wandb(
+    project: str, entity: str | None = None, filters: dict | None = None
+) -> list[dict[str, Any]]:
+    """Runs of a W&B project (needs network and an API key)."""
+    import wandb
+
+    api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    runs = []
+    for run in api.runs(path, filters=filters or {}):
+        text = run.summary.get("results_json")
+        if text:
+            runs.append({**json.loads(text), "_path": run.url})
+    return runs
+
+
+def predictions_of(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, bool]]:
+    """(test set, ``base`` or ``trained``) -> {question id: correct} from the run folder's
+    predictions.jsonl (empty for runs without one, e.g. collected from W&B)."""
+    path = Path(str(run.get("_path", ""))) / "predictions.jsonl"
+    if "_predictions" not in run:
+        out: dict[tuple[str, str], dict[str, bool]] = defaultdict(dict)
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                out[(r["test"], r["model"])][r["id"]] = bool(r["correct"])
+        run["_predictions"] = dict(out)
+    return run["_predictions"]
