@@ -51,13 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 class TinyModelConfig:
     """``model.tiny``: the embedded LLaMA's shape and its supervised warm-up (its "pretraining")."""
 
-    hidden_size: int = 128
+    hidden_size: int = 96
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 384
+    intermediate_size: int = 288
     vocab_size: int = 384
     seed: int = 0
-    warmup_steps: int = 550
+    warmup_steps: int = 500
     warmup_batch_size: int = 32
     warmup_lr: float = 3e-3
 

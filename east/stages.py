@@ -23,7 +23,7 @@ from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
 from east.prompts import Prompts, assistant, build_prompts, messages
 from east.sampling import sample_seed
-from east.train_stage import launch_workers, model_path, train_from_spec, warm_up_tiny
+from east.train_stage import WARMUP_RECIPE, launch_workers, model_path, train_from_spec, warm_up_tiny
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class Stages:
             "tiny": dataclasses.asdict(m.tiny),
             "system": m.system_prompt,
             "warmup": problems_digest(splits.warmup),
+            "recipe": WARMUP_RECIPE,
         }
 
         def warm_up(d: Path) -> None:

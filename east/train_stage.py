@@ -120,7 +120,14 @@ def launch_workers(
         raise RuntimeError(f"distributed training failed (exit {result.returncode}): {' '.join(cmd)}")
 
 
-def warm_up_tiny(d: Path, tiny: Any, warmup: list[Any], system: str | None) -> None:
+#: The warm-up's recipe (tokenizer texts, completion format), in the base model's cache key:
+#: 2 = chat markup in the tokenizer's texts, the last worked line's result boxed.
+WARMUP_RECIPE = 2
+
+
+def warm_up_tiny(
+    d: Path, tiny: Any, warmup: list[Any], system: str | None, callbacks: list[Any] | None = None
+) -> None:
     """Train the tiny model's tokenizer on the task text, then its base policy by SFT
     (``tiny``: a :class:`east.config.TinyModelConfig`; ``warmup``: the task's problems)."""
     from datasets import Dataset
@@ -130,7 +137,10 @@ def warm_up_tiny(d: Path, tiny: Any, warmup: list[Any], system: str | None) -> N
     from east.models import build_tiny_model, build_tiny_tokenizer
     from east.training import WeightedSFTTrainer
 
-    texts = [p.question + " " + warmup_completion(p) for p in warmup] + [system or ""]
+    texts = [p.question + " " + warmup_completion(p) for p in warmup]
+    # The chat markup (role names, the system prompt) as often as the task text, so that it
+    # merges into a few tokens instead of a character each: half of every sequence otherwise.
+    texts += [f"system\n{system or ''}\nuser\nassistant\n"] * len(warmup)
     tokenizer = build_tiny_tokenizer(texts, vocab_size=tiny.vocab_size)
     model = build_tiny_model(
         tokenizer,
@@ -161,6 +171,10 @@ def warm_up_tiny(d: Path, tiny: Any, warmup: list[Any], system: str | None) -> N
         disable_tqdm=True,
     )
     trainer = WeightedSFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=callbacks,
     )
     _fit_and_save(trainer, d)

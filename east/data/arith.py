@@ -1,13 +1,14 @@
 """A synthetic arithmetic word-problem task in GSM8K's format, generated from a seed.
 
 Each problem is a short story with ``steps`` additions / subtractions on numbers up to
-``max_number``; its solution is a worked line per step and a final ``#### N`` line, like
-GSM8K. Warm-up, self-training and test splits are disjoint by question text.
+``max_number``; its solution is a worked line per step (``8+12=20.``) and a final ``#### N``
+line, like GSM8K. Warm-up, self-training and test splits are disjoint by question text.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from east.checks import MAX_SEED, check_int
@@ -44,8 +45,8 @@ class ArithConfig:
     steps: int = 2  # operations after the starting amount
     max_number: int = 12  # numbers drawn from 1..max_number
     warmup_size: int = 4000
-    train_size: int = 200
-    test_size: int = 200
+    train_size: int = 1000
+    test_size: int = 1000
     seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -107,7 +108,26 @@ def generate(spec: ArithConfig) -> dict[str, list[Problem]]:
     return out
 
 
+def worked_lines(text: str) -> str:
+    """The worked lines of a solution or response (``8+12=20. 20-12=8.``): its text before
+    any ``####`` or "The answer is", with a boxed result unwrapped."""
+    for marker in ("####", "The answer is"):
+        text = text.split(marker)[0]
+    text = re.sub(r"\\boxed\{([^{}]*)\}", r"\1", text)
+    return " ".join(text.split())
+
+
+def chain_is_correct(problem: Problem, response: str) -> bool:
+    """Whether a response's worked lines are the problem's derivation, line by line. A
+    response can reach the right total through a wrong line (``6+7=14. 14+7=20.``); such a
+    "correct" answer is weak evidence of right reasoning."""
+    return worked_lines(response) == worked_lines(problem.solution or "")
+
+
 def warmup_completion(problem: Problem) -> str:
-    """The warm-up target: the worked lines, then the answer in the box the grader reads."""
-    work = (problem.solution or "").split("####")[0].strip()
-    return f"{work} The answer is \\boxed{{{problem.gold}}}."
+    """The warm-up target: the worked lines with the last line's result boxed
+    (``8+12=20. 20-12=\\boxed{8}.``). The final answer is the derivation's last result, not
+    a separate statement a model could fill in without it."""
+    work = worked_lines(problem.solution or "")
+    head, _, last = work.rstrip(".").rpartition("=")
+    return f"{head}=\\boxed{{{last}}}."
