@@ -165,7 +165,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "east.sharpness": (2.0, ("build",)),
     "sampler.batch_size": (8, ()),  # hf: per-row seeds, so samples do not depend on batching
     "sampling.n": (4, ("sample",)),
-    "sampling.temperature": (0.5, ("sample",)),
+    "sampling.temperature": (0.8, ("sample",)),
     "sampling.top_p": (0.9, ("sample",)),
     "sampling.max_new_tokens": (32, ("sample",)),
     "evaluation.max_new_tokens": (32, EVALS),

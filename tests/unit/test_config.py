@@ -102,7 +102,7 @@ BAD_VALUES = [
     (["objective.trainer.num_train_epochs=0"], "num_train_epochs"),
     (["objective.trainer.lr_scheduler_type=cosinus"], "lr_scheduler_type"),
     (["model.dtype=float8"], "model.dtype"),
-    (["model.tiny.num_heads=3"], "must divide model.tiny.hidden_size"),
+    (["model.tiny.num_heads=5"], "must divide model.tiny.hidden_size"),
     (["model.tiny.warmup_steps=0"], "model.tiny.warmup_steps"),
     (["dataset.arith.train_size=0"], "dataset.arith.train_size"),
     (["sampler=vllm", "sampler.gpu_memory_utilization=1.5"], "sampler.gpu_memory_utilization"),
@@ -180,11 +180,11 @@ EXPERIMENTS_KTO = sorted(p.stem for p in (CONF / "experiment").glob("*_kto*.yaml
 def test_the_command_line_wins_over_the_model_trainer_overrides():
     """Precedence, lowest first: objective.trainer, model.trainer_overrides, the command line."""
     c = validate(_compose(["objective.trainer.learning_rate=1e-4", "paths.cache_dir=/tmp/x"]))
-    assert trainer_settings(c)["learning_rate"] == 3e-5  # the tiny model's override, without the rule
+    assert trainer_settings(c)["learning_rate"] == 3e-4  # the tiny model's override, without the rule
     moved = apply_command_line_precedence(c, ["objective.trainer.learning_rate=1e-4", "seed=3"])
     assert moved == ["learning_rate"]
     assert trainer_settings(c)["learning_rate"] == 1e-4
-    assert trainer_settings(c)["num_train_epochs"] == 2  # the model's other overrides stay
+    assert trainer_settings(c)["num_train_epochs"] == 5  # the model's other overrides stay
 
 
 def _run_cli(*overrides, env=None):
