@@ -42,10 +42,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         directory=str(out_dir),
     )
     try:
-        outcome, records, evaluated = _run(c, logger)
+        outcome, stats, evaluated = _run(c, logger)
         results.write_predictions(out_dir / "predictions.jsonl", evaluated)
         write_json(out_dir / "results.json", outcome)  # before any W&B call can fail
-        hists = results.histograms(records)
+        hists = results.histograms(stats)
         images = []
         if hists["kept_entropy"]:
             from east.plots import plot_run
@@ -58,11 +58,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return outcome
 
 
-def _run(
-    c: Config, logger: Any
-) -> tuple[dict[str, Any], StageResult | None, dict[tuple[str, str], StageResult]]:
+def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[tuple[str, str], StageResult]]:
     """The stages of one experiment; returns results.json's content, the last round's
-    training records (None when the run only evaluates) and the greedy evaluations by
+    training statistics (empty when the run only evaluates) and the greedy evaluations by
     (test set, base or trained)."""
     import hydra.utils
 
@@ -109,8 +107,9 @@ def _run(
 
     trained = None if only else model
     seconds = time.perf_counter() - start
-    outcome = results.assemble(c, splits, stages.results, evals, per_round, records, trained, seconds)
-    return outcome, records, evaluated
+    stats = results.training_stats(records)
+    outcome = results.assemble(c, splits, stages.results, evals, per_round, stats, trained, seconds)
+    return outcome, stats, evaluated
 
 
 def _command_line_overrides() -> list[str]:

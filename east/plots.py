@@ -142,13 +142,11 @@ def _band(
     runs: list[dict[str, Any]], test: str, which: str, interval: Any, per_round: int | None = None
 ) -> tuple[float, float | None, float | None]:
     """(mean, low, high) accuracy of ``which`` (base, trained, roundN) over ``runs``."""
-    from east.runs import predictions_of
+    from east.runs import align, predictions_of
 
     preds = [predictions_of(r).get((test, which)) for r in runs]
-    if all(preds):
-        ids = sorted(set.intersection(*(set(p) for p in preds)))
-        if ids:
-            return interval([[p[i] for i in ids] for p in preds])
+    if all(preds) and (matrix := align(preds)):
+        return interval(matrix)
     if per_round is not None:
         values = [100 * r["rounds"][per_round]["eval"][test] for r in runs]
     else:

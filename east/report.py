@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from east.runs import collect_runs, collect_wandb, predictions_of
+from east.runs import align, collect_runs, collect_wandb, predictions_of
 
 __all__ = [
     "PAPER",
@@ -209,11 +209,10 @@ def _add_paired(table: list[dict[str, Any]], runs: list[dict[str, Any]], tests: 
             seeds = sorted(set(ours) & set(theirs))
             if not seeds:
                 continue
-            ids = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
-            if not ids:
+            matrix = align([ours[s] for s in seeds] + [theirs[s] for s in seeds])
+            if not matrix:
                 continue
-            a = [[ours[s][i] for i in ids] for s in seeds]
-            b = [[theirs[s][i] for i in ids] for s in seeds]
+            a, b = matrix[: len(seeds)], matrix[len(seeds) :]
             rec[test]["paired"] = {"vs": ref, **paired_comparison(a, b).to_dict()}
 
 

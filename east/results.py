@@ -27,26 +27,31 @@ NO_TRAINING_STATS = {
 }
 
 
+def training_stats(records: StageResult | None) -> dict[str, Any]:
+    """The build stage's ``stats.json`` (entropies, weights, kept and dropped counts), or
+    empty statistics when the run only evaluates (``records`` None)."""
+    return NO_TRAINING_STATS if records is None else read_json(records.path / "stats.json")
+
+
 def assemble(
     c: Config,
     splits: Splits,
     stages: dict[str, StageResult],
     evals: dict[str, dict[str, Any]],
     per_round: list[dict[str, Any]],
-    records: StageResult | None,
+    stats: dict[str, Any],
     model: StageResult | None,
     seconds: float,
 ) -> dict[str, Any]:
-    """The run's ``results.json`` (``records``/``model``: the last round's; None when the run
-    only evaluates)."""
+    """The run's ``results.json`` (``stats``: the last round's ``training_stats``; ``model``:
+    its trained model, None when the run only evaluates)."""
     from east.report import paper_number
 
-    stats = NO_TRAINING_STATS if records is None else read_json(records.path / "stats.json")
     stage_summary = {k: v.summary() for k, v in stages.items()}
     # The stage names the schema promises, whatever test sets there are.
     stage_summary["evaluate"] = _merge([v for k, v in stages.items() if k.startswith("evaluate_")])
     run = {
-        "objective": "none" if records is None else str(c.objective.name),
+        "objective": "none" if model is None else str(c.objective.name),
         "mapping": c.east.mapping,
         "sharpness": c.east.sharpness,
         "model": c.model.name,
@@ -94,9 +99,8 @@ def write_predictions(path: Path, evaluated: dict[tuple[str, str], StageResult])
     write_jsonl(path, rows)
 
 
-def histograms(records: StageResult | None) -> dict[str, list[float]]:
-    """Per-question values behind the run's figures and W&B histograms."""
-    stats = NO_TRAINING_STATS if records is None else read_json(records.path / "stats.json")
+def histograms(stats: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-question values (of ``training_stats``) behind the run's figures and W&B histograms."""
     return {
         "entropy": stats["entropy_values"],
         "kept_entropy": stats["kept_entropy_values"],

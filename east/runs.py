@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_runs", "collect_wandb", "predictions_of"]
+__all__ = ["align", "collect_runs", "collect_wandb", "predictions_of"]
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -50,3 +50,13 @@ def predictions_of(run: dict[str, Any]) -> dict[tuple[str, str], dict[str, bool]
                 out[(r["test"], r["model"])][r["id"]] = bool(r["correct"])
         run["_predictions"] = dict(out)
     return run["_predictions"]
+
+
+def align(rows: list[dict[str, bool]]) -> list[list[bool]]:
+    """Per-question correctness of several rows (each {question id: correct}, as
+    ``predictions_of`` gives them) on the questions they all answered, in one id order: the
+    (rows, questions) matrix the paired statistics take. Empty when no question is shared."""
+    if not rows:
+        return []
+    ids = sorted(set.intersection(*(set(r) for r in rows)))
+    return [[r[i] for i in ids] for r in rows] if ids else []

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from east.data import DataError, load_splits
-from east.data.arith import ArithConfig, generate
+from east.data.arith import ArithConfig, chain_is_correct, generate, warmup_completion, worked_lines
 from east.grading import answers_equal
 from tests.helpers import compose as _compose
 
@@ -34,6 +34,25 @@ def test_arith_is_deterministic_disjoint_and_gsm8k_formatted():
     )
     with pytest.raises(ValueError, match="only .* distinct problems"):
         generate(ArithConfig(steps=1, max_number=2, warmup_size=20_000))
+
+
+def test_arith_chain_check_tells_a_right_derivation_from_a_lucky_total():
+    from east.data.problems import Problem
+
+    p = Problem(id="x", question="...", gold="8", solution="8+12=20. 20-12=8.\n#### 8")
+    assert worked_lines(p.solution) == "8+12=20. 20-12=8."
+    assert warmup_completion(p) == "8+12=20. 20-12=\\boxed{8}."
+    assert worked_lines(warmup_completion(p)) == "8+12=20. 20-12=8."
+    # The derivation itself, in either completion format, and with stray spacing.
+    assert chain_is_correct(p, "8+12=20. 20-12=\\boxed{8}.")
+    assert chain_is_correct(p, "8+12=20.  20-12=8. The answer is \\boxed{8}.")
+    # The right total through a wrong line, a missing line, and a wrong total.
+    assert not chain_is_correct(p, "8+12=21. 21-13=\\boxed{8}.")
+    assert not chain_is_correct(p, "20-12=\\boxed{8}.")
+    assert not chain_is_correct(p, "8+12=20. 20-12=\\boxed{9}.")
+    # Every generated problem's own warm-up target passes the check.
+    problems = generate(ArithConfig(warmup_size=50, train_size=50, test_size=50))["train"]
+    assert all(chain_is_correct(q, warmup_completion(q)) for q in problems)
 
 
 def test_real_gsm8k_counts_and_golds(shared_data):
