@@ -77,10 +77,22 @@ def setting_of(run: dict[str, Any]) -> str:
     return r["objective"] if is_vanilla(r["mapping"], r["sharpness"]) else f"{r['objective']}_east"
 
 
+def is_baseline(mapping: str) -> bool:
+    """Whether a weighting is one of the paper's baselines (it reads another signal than the
+    answer entropy: accuracy, rejected, local_uncertainty), not an EAST variant."""
+    from east.weighting import MAPPINGS
+
+    spec = MAPPINGS.get(mapping)
+    return spec is not None and spec.signal != "entropy"
+
+
 def paper_number(run: dict[str, Any]) -> dict[str, Any] | None:
     """The paper's accuracy for a run's (model, setting, dataset), or None where the paper
-    has no such cell. ``run``: results.json's ``run`` section."""
+    has no such cell (a baseline weighting is never compared with the paper's EAST number).
+    ``run``: results.json's ``run`` section."""
     setting = setting_of(run)
+    if setting.endswith("_east") and is_baseline(run["mapping"]):
+        return None
     accuracy = PAPER.get(run["model"], {}).get(setting, {}).get(run["dataset"])
     if accuracy is None:
         return None
@@ -131,11 +143,15 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
             variants = sorted({k[2] for k in cells if k[0] == model and k[1] == row}) or [""]
             for variant in variants:
                 label = LABELS[row] + (f" ({variant})" if len(variants) > 1 else "")
+                baseline = bool(variant) and is_baseline(variant.split()[0])
+                if baseline:
+                    label = f"+baseline ({variant})"
+                paper_row = {} if baseline else paper.get(model, {}).get(row, {})
                 rec: dict[str, Any] = {"model": model, "row": row, "variant": variant, "label": label}
                 means = []
                 for test in tests:
                     seeds = cells.get((model, row, variant, test), {})
-                    ref = paper.get(model, {}).get(row, {}).get(test)
+                    ref = paper_row.get(test)
                     if seeds:
                         m, s = _mean_std(list(seeds.values()))
                         means.append(m)
@@ -148,7 +164,7 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
                         }
                     else:
                         rec[test] = {"mean": None, "std": None, "seeds": 0, "paper": ref, "diff": None}
-                refs = [paper.get(model, {}).get(row, {}).get(t) for t in tests]
+                refs = [paper_row.get(t) for t in tests]
                 avg_ref = sum(refs) / len(refs) if refs and all(r is not None for r in refs) else None
                 avg = sum(means) / len(means) if len(means) == len(tests) and means else None
                 rec["AVG"] = {

@@ -24,6 +24,7 @@ from east.data import Problem, Splits
 from east.prompts import Prompts, assistant, build_prompts, messages
 from east.sampling import sample_seed
 from east.train_stage import WARMUP_RECIPE, launch_workers, model_path, train_from_spec, warm_up_tiny
+from east.weighting import canonical
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ class Stages:
         config = {
             "objective": c.objective.name,
             "sft_k": c.objective.sft_k,
-            "east": dataclasses.asdict(c.east),
+            # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
+            "east": dict(zip(("mapping", "sharpness"), canonical(c.east.mapping, c.east.sharpness))),
             "filters": dataclasses.asdict(c.filters),
             "seed": c.seed,
         }
@@ -341,8 +343,9 @@ def build_records(
             f"no training question survived the filters (dropped per rule: {dropped}); "
             "sample more responses (sampling.n) or relax the filters"
         )
-    mapping = get_mapping(c.east.mapping)
-    weights = mapping(signal_values(kept, rows, mapping.signal), c.east.sharpness)
+    name, sharpness = canonical(c.east.mapping, c.east.sharpness)
+    mapping = get_mapping(name)
+    weights = mapping(signal_values(kept, rows, mapping.signal), sharpness)
     kwargs = {"k": c.objective.sft_k} if c.objective.name == "sft" else {}
     records = build_objective_records(c.objective.name, kept, weights, seed=c.seed, **kwargs)
     for r in records:  # TRL conversational format

@@ -26,6 +26,7 @@ __all__ = [
     "MAPPINGS",
     "SIGNALS",
     "MappingSpec",
+    "canonical",
     "compute_weights",
     "entropy",
     "get_mapping",
@@ -91,6 +92,13 @@ def is_vanilla(mapping: str, sharpness: float) -> bool:
     one rule the results table and the figures share."""
     spec = MAPPINGS.get(mapping)
     return mapping == "uniform" or (spec is not None and spec.uniform_at_zero and float(sharpness) == 0.0)
+
+
+def canonical(mapping: str, sharpness: float) -> tuple[str, float]:
+    """The weighting a run's training records depend on: ``("uniform", 0.0)`` for every
+    vanilla run (``power`` at a = 0 trains exactly what ``uniform`` trains, so a sharpness
+    sweep through 0 reuses the uniform run's cached records and model), else its own."""
+    return ("uniform", 0.0) if is_vanilla(mapping, sharpness) else (mapping, sharpness)
 
 
 # --------------------------------------------------------------------------- checks

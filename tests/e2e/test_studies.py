@@ -49,3 +49,35 @@ def test_each_study_writes_its_table_and_figure(script, cache, tmp_path):
     if script == "baselines.sh":
         for mapping in ("accuracy", "rejected", "local_uncertainty", "power"):
             assert f"{mapping} a=1" in table
+
+
+def test_why_scripts_explain_a_shrunk_table(cache, tmp_path):
+    """experiments/testbed/why.py and gain_vs_weight.py read a table's sweep and cache and
+    print their findings as one JSON line, last."""
+    import json
+    import sys
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "SEEDS": "0", "OBJECTIVES": "sft", "EAST_CACHE_DIR": str(cache)}
+    run = dict(cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([str(ROOT / "experiments" / "testbed_table.sh"), str(sweep), *SMALL], **run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    why = subprocess.run(
+        [sys.executable, "experiments/testbed/why.py", "--cache", str(cache), str(sweep)], **run
+    )
+    assert why.returncode == 0, why.stderr[-3000:]
+    found = json.loads(why.stdout.strip().splitlines()[-1])
+    assert found["entropy"]["0"]["kept"] > 0
+    assert set(found["disagreement"]["sft/0"]) == {"east_only_right", "vanilla_only_right", "questions"}
+
+    sets = [a for o in SMALL if o != "logger=none" for a in ("--set", o)]
+    gain = subprocess.run(
+        [sys.executable, "experiments/testbed/gain_vs_weight.py", "--cache", str(cache), *sets, str(sweep)],
+        **run,
+    )
+    assert gain.returncode == 0, gain.stderr[-3000:]
+    seed0 = json.loads(gain.stdout.strip().splitlines()[-1])["seeds"]["0"]
+    assert seed0["kept"] == found["entropy"]["0"]["kept"]
+    assert len(seed0["east_gain_by_quarter"]) == 4
+    assert -100 <= seed0["vanilla_gain_on_kept"] <= 100

@@ -343,3 +343,12 @@ def test_jsonl_fields(stage_keys, tmp_path, tokenizer_dir):
     # Weights are keyed by where they are (a hub id or folder names them; their bytes are not hashed).
     assert changed(f"model.path={weights2}") == _downstream({"base_model"}) & set(base)
     assert changed("dataset.test_sets=[test]") == set()
+
+
+def test_vanilla_runs_share_their_records_and_model(stage_keys):
+    """power (or any mapping uniform at a = 0) at sharpness 0 trains exactly what uniform
+    trains: a sharpness sweep through 0 reuses the uniform run's build and train stages."""
+    uniform = stage_keys(["mapping=uniform"])
+    assert stage_keys(["mapping=power", "east.sharpness=0"]) == uniform
+    assert stage_keys(["mapping=accuracy", "east.sharpness=0"]) == uniform
+    assert stage_keys(["mapping=power", "east.sharpness=0.5"])["build"] != uniform["build"]

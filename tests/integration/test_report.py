@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from east.plots import plot_accuracy_vs_sharpness, plot_mappings, plot_run
-from east.report import build_table, collect_runs, setting_of, to_markdown
+from east.report import build_table, collect_runs, paper_number, setting_of, to_markdown
 from tests.helpers import ROOT, SMALL
 
 
@@ -48,6 +48,15 @@ def test_table_means_stds_paper_and_missing_cells():
     assert table[("llama-3.2-1b", "sft")]["AVG"]["mean"] is None  # MATH missing -> no AVG
     md = to_markdown(build_table(runs))
     assert "52.0 ± 2.0 (n=3)" in md and "| llama-3.2-1b | DPO | – |" in md
+
+
+def test_a_baseline_weighting_is_labelled_as_such_and_not_held_against_the_papers_east():
+    runs = [_run("sft", m, 1, 0, 0.55) for m in ("power", "rejected")]
+    rows = {r["label"]: r for r in build_table(runs) if r["row"] == "sft_east"}
+    assert set(rows) == {"+EAST (power a=1)", "+baseline (rejected a=1)"}
+    assert rows["+EAST (power a=1)"]["gsm8k"]["paper"] is not None
+    assert rows["+baseline (rejected a=1)"]["gsm8k"]["paper"] is None
+    assert paper_number(runs[1]["run"]) is None and paper_number(runs[0]["run"]) is not None
 
 
 def test_each_east_variant_gets_its_own_row():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from east.weighting import MAPPINGS, compute_weights, entropy, get_mapping, register_mapping
+from east.weighting import MAPPINGS, canonical, compute_weights, entropy, get_mapping, register_mapping
 
 signals = st.lists(st.floats(min_value=0.01, max_value=3.0, allow_nan=False), min_size=1, max_size=50).map(
     np.array
@@ -121,3 +121,19 @@ def test_entropy_helper():
     assert entropy([1, 1, 1, 1]) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         entropy([])
+
+
+@pytest.mark.parametrize("name", sorted(n for n, spec in MAPPINGS.items() if spec.uniform_at_zero))
+@given(values=st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=1, max_size=50))
+@settings(max_examples=40, deadline=None)
+def test_mappings_uniform_at_zero_give_exactly_uniform_weights(name, values):
+    """What lets a vanilla run share uniform's cached records (canonical): weights exactly 1,
+    not merely close, even where the signal is 0."""
+    assert canonical(name, 0.0) == ("uniform", 0.0)
+    assert np.array_equal(MAPPINGS[name](np.array(values), 0.0), np.ones(len(values)))
+
+
+def test_canonical_keeps_every_weighted_run_its_own():
+    assert canonical("power", 1.0) == ("power", 1.0)
+    assert canonical("power", -0.5) == ("power", -0.5)
+    assert canonical("uniform", 2.0) == ("uniform", 0.0)
