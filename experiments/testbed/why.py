@@ -23,9 +23,10 @@ from east.runs import collect_runs, predictions_of
 from east.weighting import is_vanilla
 
 
-def _flawed_by_entropy(cache: Path, run: dict) -> list[float]:
+def _flawed_by_entropy(cache: Path, run: dict) -> list[float | None]:
     """Share of right-answer samples with wrong lines, among the questions with at least one
-    right and one wrong answer, in their lowest, middle and highest third of entropy."""
+    right and one wrong answer, in their lowest, middle and highest third of entropy (None
+    for a third with no question: fewer than three such questions)."""
     samples = read_jsonl(cache / "sample" / run["stages"]["sample"]["key"] / "samples.jsonl")
     grades = {
         g["id"]: g for g in read_jsonl(cache / "grade" / run["stages"]["grade"]["key"] / "grades.jsonl")
@@ -39,7 +40,9 @@ def _flawed_by_entropy(cache: Path, run: dict) -> list[float]:
             rows.append((g["entropy"], sum(not chain_is_correct(problem, r) for r in right), len(right)))
     rows.sort()
     thirds = np.array_split(np.arange(len(rows)), 3)
-    return [round(sum(rows[i][1] for i in t) / sum(rows[i][2] for i in t), 3) for t in thirds]
+    return [
+        round(sum(rows[i][1] for i in t) / sum(rows[i][2] for i in t), 3) if t.size else None for t in thirds
+    ]
 
 
 def main() -> None:
