@@ -159,7 +159,10 @@ class Stages:
             "objective": c.objective.name,
             "sft_k": c.objective.sft_k,
             # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
-            "east": dict(zip(("mapping", "sharpness"), canonical(c.east.mapping, c.east.sharpness))),
+            "east": {
+                **dataclasses.asdict(c.east),
+                **dict(zip(("mapping", "sharpness"), canonical(c.east.mapping, c.east.sharpness))),
+            },
             "filters": dataclasses.asdict(c.filters),
             "seed": c.seed,
         }
