@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["align", "collect_runs", "collect_wandb", "predictions_of"]
+__all__ = ["align", "collect_runs", "collect_wandb", "graded_samples", "predictions_of", "stage_path"]
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -60,3 +60,34 @@ def align(rows: list[dict[str, bool]]) -> list[list[bool]]:
         return []
     ids = sorted(set.intersection(*(set(r) for r in rows)))
     return [[r[i] for i in ids] for r in rows] if ids else []
+
+
+def stage_path(cache_dir: str | Path, run: dict[str, Any], stage: str) -> Path:
+    """The artifact folder of one of a finished run's stages (``sample``, ``grade``,
+    ``build``, ``train``, ``base_model``: the first round's) in the cache it ran with."""
+    from east.cache import StageCache
+
+    key = run["stages"][stage]["key"]
+    path = StageCache(cache_dir).path(stage, key)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{stage} stage {key} of {run.get('_path', 'a run')} is not in {cache_dir}")
+    return path
+
+
+def graded_samples(cache_dir: str | Path, run: dict[str, Any]) -> list[tuple[Any, list[str], dict[str, Any]]]:
+    """A finished run's sampled training questions with their grades, from the cache it ran
+    with: (problem, responses, grade row) per question, joined by question id."""
+    from east.cache import StageResult, read_jsonl
+    from east.data.problems import Problem
+    from east.stages import join_by_id
+
+    sample, grade = (
+        StageResult(name, run["stages"][name]["key"], stage_path(cache_dir, run, name), True, 0.0)
+        for name in ("sample", "grade")
+    )
+    rows = read_jsonl(sample.path / "samples.jsonl")
+    grades = join_by_id(rows, read_jsonl(grade.path / "grades.jsonl"), sample, grade)
+    return [
+        (Problem(r["id"], r["question"], r["gold"], r.get("solution")), r["responses"], g)
+        for r, g in zip(rows, grades)
+    ]

@@ -155,14 +155,12 @@ class Stages:
     def build(self, samples: StageResult, grades: StageResult, round_: int = 0) -> StageResult:
         """Filter the graded questions, weight the kept ones, build the objective's records."""
         c = self.c
+        # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
+        mapping, sharpness = canonical(c.east.mapping, c.east.sharpness)
         config = {
             "objective": c.objective.name,
             "sft_k": c.objective.sft_k,
-            # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
-            "east": {
-                **dataclasses.asdict(c.east),
-                **dict(zip(("mapping", "sharpness"), canonical(c.east.mapping, c.east.sharpness))),
-            },
+            "east": {**dataclasses.asdict(c.east), "mapping": mapping, "sharpness": sharpness},
             "filters": dataclasses.asdict(c.filters),
             "seed": c.seed,
         }

@@ -124,6 +124,13 @@ def chain_is_correct(problem: Problem, response: str) -> bool:
     return worked_lines(response) == worked_lines(problem.solution or "")
 
 
+def count_flawed(problem: Problem, responses: list[str], correct: list[bool]) -> tuple[int, int]:
+    """(right answers, right answers whose worked lines are wrong) among a question's graded
+    responses: the flawed-chain share of docs/testbed.md."""
+    right = [r for r, ok in zip(responses, correct) if ok]
+    return len(right), sum(not chain_is_correct(problem, r) for r in right)
+
+
 def warmup_completion(problem: Problem) -> str:
     """The warm-up target: the worked lines with the last line's result boxed
     (``8+12=20. 20-12=\\boxed{8}.``). The final answer is the derivation's last result, not

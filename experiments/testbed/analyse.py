@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from east.cache import read_jsonl
-from east.data.arith import chain_is_correct
-from east.data.problems import Problem
+from east.data.arith import count_flawed
+from east.runs import graded_samples
 
 
 def analyse(run_dir: Path, cache: Path) -> dict[str, Any]:
@@ -32,18 +31,13 @@ def analyse(run_dir: Path, cache: Path) -> dict[str, Any]:
     stages = results["stages"]
     if "sample" not in stages:
         return out
-    samples = read_jsonl(cache / "sample" / stages["sample"]["key"] / "samples.jsonl")
-    grades = {g["id"]: g for g in read_jsonl(cache / "grade" / stages["grade"]["key"] / "grades.jsonl")}
     correct = flawed = 0
     accuracy = []
-    for row in samples:
-        grade = grades[row["id"]]
-        problem = Problem(row["id"], row["question"], row["gold"], row.get("solution"))
+    for problem, responses, grade in graded_samples(cache, results):
         accuracy.append(grade["accuracy"])
-        for response, ok in zip(row["responses"], grade["correct"]):
-            if ok:
-                correct += 1
-                flawed += not chain_is_correct(problem, response)
+        right, wrong_lines = count_flawed(problem, responses, grade["correct"])
+        correct += right
+        flawed += wrong_lines
     acc = np.asarray(accuracy)
     out.update(
         {

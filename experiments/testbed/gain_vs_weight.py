@@ -6,7 +6,8 @@ they were trained on; for every kept question this gives vanilla's gain and EAST
 - the rank correlation of EAST's weight with vanilla's gain (does uniform training already
   gain most where EAST would put more weight?) and with EAST's gain over vanilla (does the
   extra weight buy extra accuracy on the questions that receive it?);
-- the mean gains by quarter of EAST's weight, lowest to highest.
+- the mean gains by quarter of EAST's weight, lowest to highest, and EAST's gain minus
+  vanilla's on all kept questions and per quarter with its 95% paired interval and p-value.
 
     python experiments/testbed/gain_vs_weight.py --cache CACHE_DIR SWEEP_DIR [--set KEY=VALUE ...]
 
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from east.cache import StageResult, read_jsonl
-from east.runs import collect_runs
+from east.runs import collect_runs, stage_path
+from east.stats import paired_comparison
 from east.weighting import is_vanilla
 
 
@@ -44,11 +46,11 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
 
 
-def _model(cache: Path, name: str, key: str) -> StageResult:
-    path = cache / name / key
-    if not path.is_dir():
-        raise SystemExit(f"{name} stage {key} is not in {cache}: pass the cache the sweep ran with")
-    return StageResult(name=name, key=key, path=path, cached=True, seconds=0.0)
+def _paired(east: np.ndarray, vanilla: np.ndarray) -> list[float]:
+    """EAST's accuracy minus vanilla's on the same questions, points: [Δ, 95% low, high, p]
+    (paired bootstrap and sign-flip test of east.stats)."""
+    p = paired_comparison(east, vanilla)
+    return [round(p.delta, 1), round(p.low, 1), round(p.high, 1), round(p.p_value, 4)]
 
 
 def main() -> None:
@@ -87,27 +89,26 @@ def main() -> None:
     stages = Stages(c, NullLogger(), hydra.utils.instantiate(c.sampler, dtype=c.model.dtype))
     train = load_splits(c.dataset).train
 
-    def correct(run: dict, which: str) -> dict[str, bool]:
-        name, key = ("base_model", run["stages"]["base_model"]["key"])
-        if which == "trained":
-            name, key = ("train", run["stages"]["train"]["key"])
-        result = stages.evaluate(_model(args.cache, name, key), "arith_train", train, f"evaluate_{which}")
+    def correct(run: dict, stage: str) -> dict[str, bool]:
+        """Greedy correctness on the training questions of the run's base or trained model."""
+        model = StageResult(stage, run["stages"][stage]["key"], stage_path(args.cache, run, stage), True, 0.0)
+        result = stages.evaluate(model, "arith_train", train, f"evaluate_{stage}")
         return {p["id"]: bool(p["correct"]) for p in read_jsonl(result.path / "predictions.jsonl")}
 
     out: dict = {"seeds": {}}
     for seed in seeds:
         v, e = by_seed[seed]["vanilla"], by_seed[seed]["east"]
-        base, van, east = correct(v, "base"), correct(v, "trained"), correct(e, "trained")
-        records = read_jsonl(args.cache / "build" / e["stages"]["build"]["key"] / "records.jsonl")
+        base, van, east = correct(v, "base_model"), correct(v, "train"), correct(e, "train")
+        records = read_jsonl(stage_path(args.cache, e, "build") / "records.jsonl")
         weight = {r["question_id"]: r["weight"] for r in records}  # one weight per question
         ids = sorted(weight)
         w = np.array([weight[i] for i in ids])
-        g_van = np.array([van[i] - base[i] for i in ids], dtype=float)
-        g_east = np.array([east[i] - base[i] for i in ids], dtype=float)
+        c_base, c_van, c_east = (np.array([m[i] for i in ids], dtype=float) for m in (base, van, east))
+        g_van, g_east = c_van - c_base, c_east - c_base
         quarters = np.array_split(np.argsort(w, kind="stable"), 4)
         row = {
             "kept": len(ids),
-            "base_accuracy_on_kept": round(100 * np.mean([base[i] for i in ids]), 1),
+            "base_accuracy_on_kept": round(100 * c_base.mean(), 1),
             "vanilla_gain_on_kept": round(100 * g_van.mean(), 1),
             "east_gain_on_kept": round(100 * g_east.mean(), 1),
             "spearman_weight_vs_vanilla_gain": round(_spearman(w, g_van), 3),
@@ -115,6 +116,9 @@ def main() -> None:
             "weight_by_quarter": [round(float(w[q].mean()), 2) for q in quarters],
             "vanilla_gain_by_quarter": [round(100 * float(g_van[q].mean()), 1) for q in quarters],
             "east_gain_by_quarter": [round(100 * float(g_east[q].mean()), 1) for q in quarters],
+            # EAST's gain minus vanilla's = EAST's accuracy minus vanilla's (the base cancels).
+            "east_minus_vanilla_on_kept": _paired(c_east, c_van),
+            "east_minus_vanilla_by_quarter": [_paired(c_east[q], c_van[q]) for q in quarters],
         }
         out["seeds"][seed] = row
         print(f"seed {seed}:", json.dumps(row))

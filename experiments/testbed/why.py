@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from east.cache import read_json, read_jsonl
-from east.data.arith import chain_is_correct
-from east.data.problems import Problem
-from east.runs import collect_runs, predictions_of
+from east.cache import read_json
+from east.data.arith import count_flawed
+from east.runs import collect_runs, graded_samples, predictions_of, stage_path
 from east.weighting import is_vanilla
 
 
@@ -27,17 +26,11 @@ def _flawed_by_entropy(cache: Path, run: dict) -> list[float | None]:
     """Share of right-answer samples with wrong lines, among the questions with at least one
     right and one wrong answer, in their lowest, middle and highest third of entropy (None
     for a third with no question: fewer than three such questions)."""
-    samples = read_jsonl(cache / "sample" / run["stages"]["sample"]["key"] / "samples.jsonl")
-    grades = {
-        g["id"]: g for g in read_jsonl(cache / "grade" / run["stages"]["grade"]["key"] / "grades.jsonl")
-    }
     rows = []
-    for row in samples:
-        g = grades[row["id"]]
+    for problem, responses, g in graded_samples(cache, run):
         if 0 < g["accuracy"] < 1:
-            problem = Problem(row["id"], row["question"], row["gold"], row.get("solution"))
-            right = [r for r, ok in zip(row["responses"], g["correct"]) if ok]
-            rows.append((g["entropy"], sum(not chain_is_correct(problem, r) for r in right), len(right)))
+            right, flawed = count_flawed(problem, responses, g["correct"])
+            rows.append((g["entropy"], flawed, right))
     rows.sort()
     thirds = np.array_split(np.arange(len(rows)), 3)
     return [
@@ -55,7 +48,7 @@ def main() -> None:
     for r in runs:
         if r["run"]["mapping"] != "power" or r["run"]["objective"] != "sft":
             continue
-        stats = read_json(args.cache / "build" / r["stages"]["build"]["key"] / "stats.json")
+        stats = read_json(stage_path(args.cache, r, "build") / "stats.json")
         h, w = np.asarray(stats["kept_entropy_values"]), np.asarray(stats["weight_values"])
         levels, counts = np.unique(np.round(h, 3), return_counts=True)
         out["entropy"][r["run"]["seed"]] = {

@@ -81,3 +81,13 @@ def test_why_scripts_explain_a_shrunk_table(cache, tmp_path):
     assert seed0["kept"] == found["entropy"]["0"]["kept"]
     assert len(seed0["east_gain_by_quarter"]) == 4
     assert -100 <= seed0["vanilla_gain_on_kept"] <= 100
+    # The quarters partition the kept questions: their size-weighted gains are the whole's.
+    import numpy as np
+
+    sizes = [len(q) for q in np.array_split(np.arange(seed0["kept"]), 4)]
+    for which in ("vanilla", "east"):
+        pooled = sum(n * g for n, g in zip(sizes, seed0[f"{which}_gain_by_quarter"])) / seed0["kept"]
+        assert pooled == pytest.approx(seed0[f"{which}_gain_on_kept"], abs=0.1)
+    delta, low, high, p = seed0["east_minus_vanilla_on_kept"]
+    assert delta == pytest.approx(seed0["east_gain_on_kept"] - seed0["vanilla_gain_on_kept"], abs=0.2)
+    assert low <= delta <= high and 0 <= p <= 1

@@ -8,7 +8,14 @@ import re
 import pytest
 
 from east.data import DataError, load_splits
-from east.data.arith import ArithConfig, chain_is_correct, generate, warmup_completion, worked_lines
+from east.data.arith import (
+    ArithConfig,
+    chain_is_correct,
+    count_flawed,
+    generate,
+    warmup_completion,
+    worked_lines,
+)
 from east.grading import answers_equal
 from tests.helpers import compose as _compose
 
@@ -50,6 +57,9 @@ def test_arith_chain_check_tells_a_right_derivation_from_a_lucky_total():
     assert not chain_is_correct(p, "8+12=21. 21-13=\\boxed{8}.")
     assert not chain_is_correct(p, "20-12=\\boxed{8}.")
     assert not chain_is_correct(p, "8+12=20. 20-12=\\boxed{9}.")
+    # Of a question's right answers, how many got there through wrong lines.
+    responses = ["8+12=20. 20-12=\\boxed{8}.", "8+12=21. 21-13=\\boxed{8}.", "8+12=20. 20-12=\\boxed{9}."]
+    assert count_flawed(p, responses, [True, True, False]) == (2, 1)
     # Every generated problem's own warm-up target passes the check.
     problems = generate(ArithConfig(warmup_size=50, train_size=50, test_size=50))["train"]
     assert all(chain_is_correct(q, warmup_completion(q)) for q in problems)
