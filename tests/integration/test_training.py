@@ -387,8 +387,8 @@ def test_collator_and_model_wrapper_survive_pickle_and_copy(tiny_dir):
 
     collator = _WeightCollator(_Stack())
     for clone in (pickle.loads(pickle.dumps(collator)), copy.deepcopy(collator)):
-        out = clone([{"x": 1, "weight": 0.5}, {"x": 2}])
-        assert out["x"] == [1, 2] and out["weight"].tolist() == [0.5, 1.0]
+        out = clone([{"x": 1, "weight": 0.5}, {"x": 2, "weight": 2}])
+        assert out["x"] == [1, 2] and out["weight"].tolist() == [0.5, 2.0]
         assert clone.marker == "inner"  # attributes still reach the wrapped collator
     wrapped = _RowWeightedModel(_Stack(), None, rows=2)
     assert copy.deepcopy(wrapped).marker == "inner"
