@@ -57,8 +57,6 @@ from typing import Any
 import torch
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
-from east.selection import Objective
-
 __all__ = [
     "TrainerAssumptionError",
     "WeightedDPOTrainer",
@@ -93,14 +91,17 @@ class TrainerAssumptionError(RuntimeError):
 # --------------------------------------------------------------------------- weights
 
 
-def _weight_value(w: Any, where: str) -> float:
-    """``w`` as a float, or a ValueError naming ``where``: finite, >= 0, and finite in float32."""
+def _weight_value(w: Any, where: str | Callable[[], str]) -> float:
+    """``w`` as a float, or a ValueError naming ``where`` (a callable is only called on an
+    error): finite, >= 0, and finite in float32."""
     # A 0-d tensor (a torch-format dataset) or a NumPy scalar holds one number.
     if hasattr(w, "dtype") and getattr(w, "shape", None) in ((), (1,), torch.Size([])) and hasattr(w, "item"):
         w = w.item()
     if w is None or isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        where = where() if callable(where) else where
         raise ValueError(f"{where} has an invalid '{WEIGHT}' {w!r}; weights must be finite and >= 0")
     if w > FLOAT32_MAX:
+        where = where() if callable(where) else where
         raise ValueError(
             f"{where} has '{WEIGHT}' {w!r}, above float32's largest value ({FLOAT32_MAX:.4g}): training "
             "computes in float32 or less, where it is infinite"
@@ -157,7 +158,7 @@ class _WeightCollator:
                 f"(e.g. {_describe(examples[missing])}); give every example a weight, or none"
             )
         weights = (
-            [_weight_value(e[WEIGHT], f"a training example ({_describe(e)})") for e in examples]
+            [_weight_value(e[WEIGHT], lambda e=e: f"a training example ({_describe(e)})") for e in examples]
             if examples and all(weighted)
             else None
         )
@@ -241,8 +242,10 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class _RowWeightedModel:
-    """Calls the model and rewrites ``outputs.log_probs`` of every fused forward, which must
-    have one row per batch row (canary); counts the forwards it rewrote."""
+    """Calls the model and rewrites ``outputs.log_probs`` of every fused forward that carries
+    a gradient (a forward under ``no_grad``, such as KTO's KL estimate, has no gradient to
+    weigh); every fused forward must have one row per batch row (canary). Counts the
+    forwards it rewrote."""
 
     def __init__(self, model: Any, transform: Callable[[torch.Tensor, Any], torch.Tensor], rows: int):
         self._model, self._transform, self._rows = model, transform, rows
@@ -257,8 +260,9 @@ class _RowWeightedModel:
                     "the policy's log_probs having one row per batch row",
                     f"a forward returned {log_probs.shape[0]} rows for a batch of {self._rows}",
                 )
-            outputs.log_probs = self._transform(log_probs, outputs)
-            self.rewritten += 1
+            if log_probs.requires_grad:
+                outputs.log_probs = self._transform(log_probs, outputs)
+                self.rewritten += 1
         return outputs
 
     def __getattr__(self, name: str) -> Any:
@@ -819,9 +823,10 @@ class WeightedKTOTrainer(_GradWeightedMixin, KTOTrainer):
         return parts
 
 
-#: Per objective (:class:`east.selection.Objective`): its weighted trainer and TRL config class.
-TRAINERS: dict[Objective, tuple[type, type]] = {
-    Objective.sft: (WeightedSFTTrainer, SFTConfig),
-    Objective.dpo: (WeightedDPOTrainer, DPOConfig),
-    Objective.kto: (WeightedKTOTrainer, KTOConfig),
+#: Per objective (its name; :class:`east.selection.Objective` members are these strings): its
+#: weighted trainer and TRL config class.
+TRAINERS: dict[str, tuple[type, type]] = {
+    "sft": (WeightedSFTTrainer, SFTConfig),
+    "dpo": (WeightedDPOTrainer, DPOConfig),
+    "kto": (WeightedKTOTrainer, KTOConfig),
 }

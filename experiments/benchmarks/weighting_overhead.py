@@ -1,13 +1,19 @@
 """Step time of the weighted trainers against TRL's stock trainers, side by side.
 
-For each objective, a weighted and a stock trainer are built on the same model and data;
-their training steps (forward + backward on one prepared batch) are timed in interleaved
-pairs (paired.py), and the geometric-mean ratio weighted/stock is reported with a 95%
-bootstrap interval over the pairs. The default model (~20M parameters, hidden 512 x 6
-layers) keeps a CPU step in the hundreds of milliseconds, well above timer and scheduler
-noise. Prints one JSON line last: {"sft": ratio, "sft_ci": [low, high], ...}.
+For each objective, a weighted and a stock trainer are built on the same model and data and
+timed in interleaved pairs (paired.py); the geometric-mean ratio weighted/stock is reported
+with a 95% bootstrap interval over the pairs. Two measures:
 
-    python experiments/benchmarks/weighting_overhead.py [--pairs 30] [--hidden 512] [--layers 6]
+- ``--mode loop`` (default): ``trainer.train()`` for ``--steps`` optimiser steps of
+  ``--accumulation`` micro-batches each, logging every step: everything a real step pays
+  (collation, the step's example count, forward, backward, optimiser, logs).
+- ``--mode step``: ``training_step`` (forward + backward) on one prepared batch.
+
+The default model (~20M parameters, hidden 512 x 6 layers) keeps a CPU step in the hundreds
+of milliseconds, well above timer and scheduler noise. Prints one JSON line last:
+{"sft": ratio, "sft_ci": [low, high], ...}.
+
+    python experiments/benchmarks/weighting_overhead.py [--pairs 20] [--mode loop|step] [--objectives kto]
 """
 
 from __future__ import annotations
@@ -64,7 +70,9 @@ CLASSES = {
 }
 
 
-def build(objective: str, weighted: bool, model_dir: Path, batch: int, bf16: bool):
+def build(
+    objective: str, weighted: bool, model_dir: Path, batch: int, bf16: bool, steps: int = 1, accumulation: int = 1
+):
     cls = CLASSES[objective][0 if weighted else 1]
     data = rows(objective, 64)
     if not weighted:
@@ -77,6 +85,9 @@ def build(objective: str, weighted: bool, model_dir: Path, batch: int, bf16: boo
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        logging_steps=1,
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
@@ -103,17 +114,29 @@ def step(trainer, batch) -> None:
     trainer.model.zero_grad(set_to_none=True)
 
 
-def compare(objective: str, model_dir: Path, batch: int, bf16: bool, pairs: int, warmup: int) -> dict:
-    """Weighted vs stock step time for one objective: ratio and 95% interval."""
-    weighted, stock = (build(objective, w, model_dir, batch, bf16) for w in (True, False))
+def compare(objective: str, model_dir: Path, args: argparse.Namespace) -> dict:
+    """Weighted vs stock time for one objective: ratio and 95% interval."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else None
-    ta, tb = paired_times(lambda: step(*weighted), lambda: step(*stock), pairs, warmup, sync)
+    if args.mode == "step":
+        weighted, stock = (build(objective, w, model_dir, args.batch, args.bf16) for w in (True, False))
+        a, b = (lambda: step(*weighted)), (lambda: step(*stock))
+    else:
+        weighted, stock = (
+            build(objective, w, model_dir, args.batch, args.bf16, args.steps, args.accumulation)[0]
+            for w in (True, False)
+        )
+        a, b = weighted.train, stock.train
+    ta, tb = paired_times(a, b, args.pairs, args.warmup, sync)
     return ratio_with_interval(ta, tb)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--mode", choices=("loop", "step"), default="loop")
+    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per timed run (loop mode)")
+    parser.add_argument("--accumulation", type=int, default=2, help="micro-batches per step (loop mode)")
+    parser.add_argument("--objectives", default="sft,dpo,kto")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=512)
@@ -136,8 +159,8 @@ def main() -> None:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     result: dict[str, object] = {}
-    for objective in ("sft", "dpo", "kto"):
-        r = compare(objective, tmp, args.batch, args.bf16, args.pairs, args.warmup)
+    for objective in args.objectives.split(","):
+        r = compare(objective, tmp, args)
         result[objective] = r["ratio"]
         result[f"{objective}_ci"] = [r["ci_low"], r["ci_high"]]
         result[f"{objective}_weighted_ms"], result[f"{objective}_stock_ms"] = r["a_ms"], r["b_ms"]
@@ -146,7 +169,9 @@ def main() -> None:
             f"medians {r['a_ms']} / {r['b_ms']} ms)",
             file=sys.stderr,
         )
-    result["pairs"] = args.pairs
+    result.update(pairs=args.pairs, mode=args.mode, batch=args.batch)
+    if args.mode == "loop":
+        result.update(steps=args.steps, accumulation=args.accumulation)
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result["parameters"] = sum(p.numel() for p in model.parameters())
     print(json.dumps(result))

@@ -72,3 +72,13 @@ def test_the_training_worker_imports_only_what_it_runs():
 def _path(module: str) -> Path:
     path = ROOT / module.replace(".", "/")
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def test_the_weighted_trainers_stand_on_their_own():
+    """east.training needs nothing of the pipeline: no Hydra, no stage cache, no config."""
+    reached = _closure(_graph(), "east.training") | {"east.training"}
+    assert reached == {"east.training"}, sorted(reached)
+    for module in reached:
+        text = _path(module).read_text()
+        for banned in ("hydra", "omegaconf", "east.cache", "east.config"):
+            assert f"import {banned}" not in text and f"from {banned}" not in text, (module, banned)
