@@ -127,7 +127,7 @@ class _SequenceParallel:
     """What accelerate's ParallelismConfig answers with sp_size > 1 (every other feature off)."""
 
     sp_enabled = True
-    sp_backend = "deepspeed"
+    sp_backend = "torch"  # (TRL refuses DeepSpeed's SP itself on transformers < 5.19)
     tp_size = 1
 
     def __getattr__(self, name):
