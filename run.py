@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from east.config import register_configs
 from east.errors import UserError
-from east.pipeline import run
+from east.pipeline import record_failure, run
 
 register_configs()
 
@@ -25,10 +25,16 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as e:  # a config value or a data row: one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if record_failure(cfg, e):
+            return None
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if record_failure(cfg, e):  # a sweep goes on; its report lists this cell as failed
+            return None
+        raise
     # A scalar for Hydra sweepers: mean accuracy (trained, or base for evaluation-only runs).
-    accuracies = [e.get("trained", e.get("base")) for e in results["eval"].values()]
+    accuracies = [e.get("trained", e.get("base")) for e in results.get("eval", {}).values()]
     return sum(accuracies) / len(accuracies) if accuracies else None
 
 

@@ -68,6 +68,12 @@ class StageCache:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def work_dir(self, stage: str, key: str) -> Path:
+        """A folder of this key that survives a killed build (a train stage's checkpoints):
+        only the builder holding the key's lock writes it; it is removed once the artifact is
+        in place."""
+        return self.root / stage / f".work-{key}"
+
     def run(self, stage: str, config: Any, inputs: list[str], build: Callable[[Path], None]) -> StageResult:
         """Return the artifact of ``stage`` for this config and inputs, building it if absent
         (or if it no longer matches its manifest).
@@ -226,22 +232,113 @@ def verify_artifact(folder: Path) -> str | None:
     return None
 
 
+class LockUnsupported(RuntimeError):
+    """The filesystem of the cache does not support ``flock``."""
+
+
+def _flock(f: Any, flags: int, path: Path) -> None:
+    """``fcntl.flock``, or a clear error where the filesystem has no locking (Lustre mounted
+    without ``-o flock``, NFS without a lock manager): cells could then build one stage twice."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(f, flags)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EIO):
+            raise LockUnsupported(
+                f"cannot lock {path} ({e.strerror}): the filesystem of paths.cache_dir does not support "
+                "flock, which keeps concurrent cells from building one stage twice. Lustre needs the "
+                "-o flock mount option and NFS a lock manager (NFSv4, or v3 with lockd); else put "
+                "paths.cache_dir on a filesystem that locks, or on a local disk for single-node runs"
+            ) from e
+        raise
+
+
 @contextlib.contextmanager
 def _key_lock(path: Path, stage: str, key: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (local filesystems and NFSv4 / Lustre with locking):
+    """An exclusive ``flock`` on ``path`` (local filesystems, NFSv4, Lustre with ``-o flock``):
     held by the process building the artifact, released when it finishes or dies."""
     import fcntl
 
     with path.open("a") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
         except BlockingIOError:
             log.info("stage %s: another process is building %s; waiting for it", stage, key)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            _flock(f, fcntl.LOCK_EX, path)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+#: Filesystem types (/proc/self/mounts) on which SQLite's locking cannot be trusted
+#: (sqlite.org/wal.html: WAL "does not work over a network filesystem"; sqlite.org/lockingv3.html).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "panfs",
+        "wekafs",
+        "9p",
+        "afs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.ceph-fuse",
+        "fuse.juicefs",
+        "fuse.gcsfuse",
+        "fuse.s3fs",
+    }
+)
+
+
+def filesystem_type(path: str | os.PathLike, mounts: str | None = None) -> str | None:
+    """The type of the filesystem holding ``path``: the longest mount point above it in
+    ``/proc/self/mounts`` (or ``mounts``, that file's text); None where unknown."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def parse_store_dir(cache_root: str | os.PathLike, mounts: str | None = None) -> Path:
+    """Where grading keeps its SQLite parse store: in the cache, or on a node-local disk
+    (``EAST_LOCAL_DIR``, else the temporary folder) when the cache is on a network filesystem,
+    where SQLite's locking is not to be trusted. Parses are a cache: a store per node only
+    costs each node its own parsing."""
+    kind = filesystem_type(cache_root, mounts)
+    if kind not in NETWORK_FILESYSTEMS:
+        return Path(cache_root)
+    import tempfile
+
+    local = (
+        Path(os.environ.get("EAST_LOCAL_DIR") or tempfile.gettempdir()) / f"east-parse-store-{os.getuid()}"
+    )
+    log.info("paths.cache_dir is on %s: the grading parse store goes to node-local %s", kind, local)
+    return local
 
 
 def write_json(path: Path, obj: Any) -> None:

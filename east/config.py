@@ -26,6 +26,7 @@ from east.checks import MAX_SEED, check_choice, check_int, check_real, fail, uns
 from east.data import ArithConfig, DatasetConfig
 from east.errors import ConfigError
 from east.grading import Fallback, GradingMode
+from east.sampling_params import SamplingParams
 from east.selection import FilterConfig, Objective
 
 __all__ = [
@@ -142,15 +143,26 @@ class EastConfig:
         check_real("east.sharpness", self.sharpness, -math.inf)
 
 
+def _check_data_parallel(value: Any) -> None:
+    if value != "auto":
+        check_int("sampler.data_parallel_size", value, 1)
+
+
 @dataclass
 class HFSamplerConfig:
     """``sampler=hf``: batched ``transformers.generate`` (:class:`east.sampling.HFSampler`)."""
 
     _target_: str = "east.sampling.HFSampler"
     batch_size: int = 64  # rows (prompt x sample) per generate call
+    # Generate workers, each on its own device(s) with a contiguous shard of the prompts
+    # (auto: one per visible GPU, 1 on a CPU). Not in any key: responses depend on seeds only.
+    data_parallel_size: Any = "auto"
+    chunk_prompts: int = 1024  # prompts per generate call; each chunk is written as it returns
 
     def __post_init__(self) -> None:
         check_int("sampler.batch_size", self.batch_size, 1)
+        _check_data_parallel(self.data_parallel_size)
+        check_int("sampler.chunk_prompts", self.chunk_prompts, 1)
 
 
 @dataclass
@@ -161,11 +173,20 @@ class VLLMSamplerConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     entropy_top_k: int = 20  # log-probs per token for token entropies (0: none)
+    max_model_len: int | None = None  # null: the longest prompt plus the new tokens
+    batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: responses independent of batching
+    chunk_requests: int = 4096  # requests per LLM.generate call
+    data_parallel_size: Any = "auto"  # engines, each on tensor_parallel_size devices
+    chunk_prompts: int = 1024
 
     def __post_init__(self) -> None:
         check_int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1)
         check_real("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, open_low=True)
         check_int("sampler.entropy_top_k", self.entropy_top_k, 0)
+        check_int("sampler.max_model_len", self.max_model_len, 1, optional=True)
+        check_int("sampler.chunk_requests", self.chunk_requests, 1)
+        _check_data_parallel(self.data_parallel_size)
+        check_int("sampler.chunk_prompts", self.chunk_prompts, 1)
 
 
 #: The schema of each shipped sampler backend, by its ``_target_`` (another target is a
@@ -173,23 +194,6 @@ class VLLMSamplerConfig:
 SAMPLER_SCHEMAS = {
     c.__dataclass_fields__["_target_"].default: c for c in (HFSamplerConfig, VLLMSamplerConfig)
 }
-
-
-@dataclass
-class SamplingParams:
-    """``sampling`` (and, with n=1 and temperature 0, greedy evaluation): what every sampler
-    backend's ``generate`` takes."""
-
-    n: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-
-    def __post_init__(self) -> None:
-        check_int("sampling.n", self.n, 1)
-        check_real("sampling.temperature", self.temperature, 0.0)
-        check_real("sampling.top_p", self.top_p, 0.0, 1.0, open_low=True)
-        check_int("sampling.max_new_tokens", self.max_new_tokens, 1)
 
 
 @dataclass
@@ -261,6 +265,25 @@ class PathsConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What one job of this config asks a cluster for (hydra/launcher=slurm reads it)."""
+
+    gpus: int | None = None  # null: distributed.num_processes
+    cpus_per_gpu: int = 8
+    mem_gb_per_gpu: int = 64
+
+    def __post_init__(self) -> None:
+        check_int("resources.gpus", self.gpus, 1, optional=True)
+        check_int("resources.cpus_per_gpu", self.cpus_per_gpu, 1)
+        check_int("resources.mem_gb_per_gpu", self.mem_gb_per_gpu, 1)
+
+
+#: ``stop_after``: where a run stops early. ``shared``: after the stages a sweep's cells
+#: share (base model, samples, grades, base evaluations) — phase A of a cluster sweep.
+STOP_AFTER = (None, "shared")
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -276,13 +299,21 @@ class Config:
     filters: FilterConfig = field(default_factory=FilterConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     seed: int = 0
     rounds: int = 1  # iterative self-training: sample -> grade -> weight -> train, R times
     experiment_name: str | None = None  # set by experiment configs; names the W&B run group
+    # Run each stage that loads weights in a child process that owns its devices and hands
+    # them back when it exits (auto: when a CUDA device is visible).
+    isolate_stages: Any = "auto"
+    stop_after: str | None = None
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("rounds", self.rounds, 1)
+        if not unset(self.isolate_stages) and self.isolate_stages not in ("auto", True, False):
+            fail("isolate_stages", self.isolate_stages, "allowed: auto, true, false")
+        check_choice("stop_after", self.stop_after, STOP_AFTER)
 
 
 def _local_data(data_dir: str | None, name: str) -> str | None:
@@ -298,6 +329,11 @@ def register_configs() -> None:
 
     ConfigStore.instance().store(name="east_schema", node=Config)
     OmegaConf.register_new_resolver("east_data", _local_data, replace=True)
+    # For the SLURM launcher's resources (conf/hydra/launcher/slurm.yaml).
+    OmegaConf.register_new_resolver(
+        "east_or", lambda a, b: b if a in (None, "None", "null") else a, replace=True
+    )
+    OmegaConf.register_new_resolver("east_mul", lambda a, b: int(a) * int(b), replace=True)
 
 
 def validate(cfg: DictConfig | Config, command_line: list[str] = ()) -> Config:
@@ -320,7 +356,36 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = ()) -> Config:
     apply_command_line_precedence(c, list(command_line))
     _check_trainer_settings(c)
     batch_layout(c)
+    _check_placement(c)
     return c
+
+
+def _check_placement(c: Config) -> None:
+    """Settings whose devices do not exist here, or that would train on the wrong ones."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dist = c.distributed
+    trains = not (c.evaluation.only or c.stop_after == "shared")
+    if trains and dist.num_processes > 1 and dist.accelerate_config and not cuda:
+        import yaml
+
+        kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
+        if kind in ("FSDP", "DEEPSPEED"):
+            fail(
+                "distributed.accelerate_config",
+                dist.accelerate_config,
+                f"{kind} needs CUDA devices, and none is visible (accelerate would train plain DDP on "
+                "CPU processes instead); use distributed=cpu2 on a CPU",
+            )
+    if c.isolate_stages is False and dist.num_processes == 1 and cuda and torch.cuda.device_count() > 1:
+        fail(
+            "isolate_stages",
+            False,
+            f"{torch.cuda.device_count()} GPUs are visible: training in the driver would run under "
+            "nn.DataParallel over all of them (a larger batch than configured); keep isolate_stages=auto "
+            "(each stage sees the devices it needs) or set CUDA_VISIBLE_DEVICES to one device",
+        )
 
 
 def sampler_config(node: Any) -> Any:
@@ -453,7 +518,17 @@ def _check_trainer_settings(c: Config) -> None:
         "objective.trainer": c.objective.trainer,
         f"model.trainer_overrides.{name}": _model_overrides(c),
     }
+    from east.stages.train import RESERVED
+
     for where, settings in sources.items():
+        reserved = sorted(set(settings) & set(RESERVED))
+        if reserved:
+            raise ConfigError(
+                f"invalid config {where}: {', '.join(reserved)} set by the train stage itself (seed from "
+                "seed, precision from model.dtype: bf16 autocast over fp32 weights on a GPU, fp32 on a "
+                "CPU; checkpoints from save_steps; outputs in the stage's folder); remove "
+                + ("it" if len(reserved) == 1 else "them")
+            )
         unknown = sorted(set(settings) - set(fields))
         if unknown:
             close = sorted({m for u in unknown for m in difflib.get_close_matches(u, list(fields), n=3)})

@@ -32,6 +32,7 @@ __all__ = [
     "llama3_style",
     "load_model",
     "load_tokenizer",
+    "model_path",
     "resolve_dtype",
 ]
 
@@ -119,6 +120,17 @@ def build_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def model_path(artifact: Path) -> str:
+    """The weights a model artifact stands for: a hub id or folder it names (``model.json``),
+    or the checkpoint it holds (``model/``)."""
+    import json
+
+    info = artifact / "model.json"
+    if info.exists():
+        return json.loads(info.read_text())["path"]
+    return str(artifact / "model")
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -22,7 +22,7 @@ from east import results
 from east.cache import StageResult, read_json, write_json
 from east.config import Config, validate
 from east.data import load_splits
-from east.stages import Stages
+from east.stages.driver import Stages, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
     try:
         outcome, stats, evaluated = _run(c, logger)
+        if outcome.get("phase") == "shared":  # no results.json: not a cell of the table
+            write_json(out_dir / "shared.json", outcome)
+            print(f"shared stages of {c.model.name} on {c.dataset.name} in place ({outcome['seconds']:.0f}s)")
+            return outcome
         results.write_predictions(out_dir / "predictions.jsonl", evaluated)
         write_json(out_dir / "results.json", outcome)  # before any W&B call can fail
         hists = results.histograms(stats)
@@ -62,13 +66,13 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[t
     """The stages of one experiment; returns results.json's content, the last round's
     training statistics (empty when the run only evaluates) and the greedy evaluations by
     (test set, base or trained)."""
-    import hydra.utils
-
     start = time.perf_counter()
-    stages = Stages(c, logger, hydra.utils.instantiate(c.sampler, dtype=c.model.dtype))
+    stages = Stages(c, logger, make_sampler(c))
     splits = load_splits(c.dataset)
     base = stages.base_model(splits)
     only = c.evaluation.only
+    if c.stop_after == "shared":
+        return _shared_stages(c, stages, splits, base), results.NO_TRAINING_STATS, {}
 
     # Self-training: each round samples from the model the previous round trained.
     model, records, per_round = base, None, []
@@ -110,6 +114,55 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[t
     stats = results.training_stats(records)
     outcome = results.assemble(c, splits, stages.results, evals, per_round, stats, trained, seconds)
     return outcome, stats, evaluated
+
+
+def _shared_stages(c: Config, stages: Stages, splits: Any, base: StageResult) -> dict[str, Any]:
+    """Phase A of a cluster sweep (``stop_after=shared``): the stages the training cells of one
+    (model, dataset) share — samples, grades, base evaluations — built once, on all of this
+    job's devices, before the cells start."""
+    start = time.perf_counter()
+    if not c.evaluation.only:
+        samples = stages.sample(base, splits.train)
+        stages.grade(samples)
+    if c.evaluation.base or c.evaluation.only:
+        for name, problems in splits.tests.items():
+            stages.evaluate(base, name, problems, f"evaluate_base_{name}")
+    return {
+        "phase": "shared",
+        "run": {
+            "model": c.model.name,
+            "dataset": c.dataset.name,
+            "seed": c.seed,
+            "experiment": c.experiment_name,
+        },
+        "stages": {k: v.summary() for k, v in stages.results.items()},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def record_failure(cfg: DictConfig, error: BaseException) -> bool:
+    """In a sweep job, write the failure into the job's folder (``failed.json``: the cell, the
+    error, its traceback) and log it, so that the sweep goes on and its report lists the cell;
+    True when recorded. Outside a sweep, False: the error ends the run as usual."""
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from east.runs import FAILED
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    record = {
+        "experiment": cfg.get("experiment_name") or HydraConfig.get().job.override_dirname,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "error": f"{type(error).__name__}: {error}".splitlines()[0][:500],
+        "traceback": traceback.format_exception(error),
+    }
+    write_json(folder / FAILED, record)
+    log.error("cell failed, the sweep goes on: %s (%s)", record["error"], folder / FAILED)
+    return True
 
 
 def _command_line_overrides() -> list[str]:

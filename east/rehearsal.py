@@ -145,13 +145,14 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     sample and base-evaluation artifacts are shared across cells."""
     from transformers import AutoTokenizer
 
+    from east.models import model_path
     from east.report import build_table, setting_of
-    from east.train_stage import model_path
 
-    runs = []
+    runs, shared = [], []
     for d in sweep_dirs:
         for p in sorted(Path(d).rglob("results.json")):
             runs.append(json.loads(p.read_text()))
+        shared += [json.loads(p.read_text()) for p in sorted(Path(d).rglob("shared.json"))]
     problems: list[str] = []
     if len(runs) != cells:
         problems.append(f"{len(runs)} cells finished, {cells} expected")
@@ -171,11 +172,16 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     ]
     if empty:
         problems.append(f"table cells left empty: {empty}")
-    samples = {r["stages"]["sample"]["key"] for r in runs if "sample" in r["stages"]}
-    sample_builds = sum(1 for r in runs if "sample" in r["stages"] and not r["stages"]["sample"]["cached"])
+    # Phase A (shared.json) builds what the cells share; the cells then find it cached.
+    every = runs + shared
+    samples = {r["stages"]["sample"]["key"] for r in every if "sample" in r["stages"]}
+    sample_builds = sum(1 for r in every if "sample" in r["stages"] and not r["stages"]["sample"]["cached"])
     base_evals = sum(
-        1 for r in runs for k, s in r["stages"].items() if k.startswith("evaluate_base_") and not s["cached"]
+        1 for r in every for k, s in r["stages"].items() if k.startswith("evaluate_base_") and not s["cached"]
     )
+    cells_sampling = sum(1 for r in runs if "sample" in r["stages"] and not r["stages"]["sample"]["cached"])
+    if shared and cells_sampling:
+        problems.append(f"{cells_sampling} cells sampled themselves after phase A built the shared stages")
     if sample_builds > len(samples):  # 0 is fine: a warm cache from an earlier rehearsal
         problems.append(f"{sample_builds} sample stages built for {len(samples)} distinct keys: not reused")
     bos_checked = 0

@@ -313,18 +313,32 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
             w.writerow([rec["model"], rec["row"], rec["variant"], *values, *pairs])
 
 
-def write_report(runs: list[dict[str, Any]], out_dir: str | Path, name: str = "table") -> dict[str, Path]:
+def missing_section(missing: list[dict[str, str]]) -> str:
+    """The table's list of cells without results, with why and where."""
+    if not missing:
+        return ""
+    lines = [f"\n**Missing: {len(missing)} cell(s) without results.**\n"]
+    lines += [f"- {m['cell']}: {m['reason']} ({m['folder']})" for m in missing]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    runs: list[dict[str, Any]],
+    out_dir: str | Path,
+    name: str = "table",
+    missing: list[dict[str, str]] | None = None,
+) -> dict[str, Path]:
     """The table (Markdown and CSV), the accuracy-vs-sharpness figure and, for iterative runs,
     the accuracy-vs-round figure of ``runs``, written into ``out_dir``: what the sweep
-    callback, ``python -m east.report`` and the notebook all produce. Returns the paths by
-    kind."""
+    callback, ``python -m east.report`` and the notebook all produce. ``missing``
+    (:func:`east.runs.missing_cells`) is listed under the table. Returns the paths by kind."""
     from east.plots import plot_accuracy_vs_round, plot_accuracy_vs_sharpness
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = build_table(runs)
     paths = {"markdown": out_dir / f"{name}.md", "csv": out_dir / f"{name}.csv"}
-    paths["markdown"].write_text(to_markdown(table))
+    paths["markdown"].write_text(to_markdown(table) + missing_section(missing or []))
     to_csv(table, paths["csv"])
     paths["figure"] = plot_accuracy_vs_sharpness(runs, out_dir / "accuracy_vs_sharpness.png")
     rounds = plot_accuracy_vs_round(runs, out_dir / "accuracy_vs_round.png")
@@ -339,13 +353,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", default=None, help="folder for table.md, table.csv and the figure (default: sweep_dir)"
     )
+    parser.add_argument(
+        "--expect", default="", help="comma-separated experiment names the sweep should have run"
+    )
     args = parser.parse_args(argv)
+    from east.runs import missing_cells
+
     runs = collect_runs(args.sweep_dir)
-    if not runs:
+    missing = missing_cells(args.sweep_dir, [e for e in args.expect.split(",") if e])
+    if not runs and not missing:
         raise SystemExit(f"no results.json under {args.sweep_dir}")
-    paths = write_report(runs, args.out or args.sweep_dir)
+    paths = write_report(runs, args.out or args.sweep_dir, missing=missing)
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
+    if missing:
+        raise SystemExit(f"{len(missing)} cell(s) have no results: see the end of {paths['markdown']}")
 
 
 if __name__ == "__main__":

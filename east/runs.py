@@ -8,7 +8,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["align", "collect_runs", "collect_wandb", "graded_samples", "predictions_of", "stage_path"]
+__all__ = [
+    "align",
+    "collect_runs",
+    "collect_wandb",
+    "graded_samples",
+    "missing_cells",
+    "predictions_of",
+    "stage_path",
+]
+
+#: What a sweep job that failed leaves in its folder instead of results.json (run.py).
+FAILED = "failed.json"
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -20,6 +31,33 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         r["_path"] = str(p.parent)
         runs.append(r)
     return runs
+
+
+def missing_cells(sweep_dir: str | Path, expected: list[str] | None = None) -> list[dict[str, str]]:
+    """The cells of a sweep with no results: jobs (folders Hydra made, with ``.hydra/``) that
+    left no ``results.json`` (nor, for a phase-A job, ``shared.json``), and with ``expected``
+    experiment names, those no run reports. Each: ``cell``, ``folder`` and ``reason`` (the
+    recorded error of a failed job; else that it never finished)."""
+    sweep = Path(sweep_dir)
+    failed = {}
+    for f in sorted(sweep.rglob(FAILED)):
+        record = json.loads(f.read_text())
+        failed[str(f.parent)] = record
+    out = []
+    done = set()
+    for job in sorted(p.parent for p in sweep.rglob(".hydra") if p.is_dir()):
+        if (job / "results.json").exists() or (job / "shared.json").exists():
+            if (job / "results.json").exists():
+                done.add(json.loads((job / "results.json").read_text())["run"].get("experiment"))
+            continue
+        record = failed.get(str(job))
+        cell = (record or {}).get("experiment") or job.name
+        reason = f"failed: {record['error']}" if record else "no result (killed, or never ran)"
+        out.append({"cell": cell, "folder": str(job), "reason": reason})
+    for name in expected or []:
+        if name not in done and not any(m["cell"] == name for m in out):
+            out.append({"cell": name, "folder": str(sweep), "reason": "no result (not run)"})
+    return out
 
 
 def collect_wandb(
@@ -79,7 +117,7 @@ def graded_samples(cache_dir: str | Path, run: dict[str, Any]) -> list[tuple[Any
     with: (problem, responses, grade row) per question, joined by question id."""
     from east.cache import StageResult, read_jsonl
     from east.data.problems import Problem
-    from east.stages import join_by_id
+    from east.stages.driver import join_by_id
 
     sample, grade = (
         StageResult(name, run["stages"][name]["key"], stage_path(cache_dir, run, name), True, 0.0)

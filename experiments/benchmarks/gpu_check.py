@@ -1,13 +1,26 @@
-"""GPU check, sized for 10 minutes on a bare CUDA machine: a 1B-shaped LLaMA in bf16.
+"""GPU check, sized for a bare CUDA machine: a 1B-shaped LLaMA in bf16.
 
-Measures, in one run: weighted vs stock SFT and DPO step time (paired, interleaved, with a
-95% interval for the ratio; paired.py), HF sampler tokens/s, and vLLM tokens/s where vLLM is
-installed. Prints one JSON line last.
+Two checks (``--pipeline`` runs the second instead of the first):
+
+- **Steps** (default, ~10 minutes): weighted vs stock SFT and DPO step time (paired,
+  interleaved, with a 95% interval for the ratio; paired.py), HF sampler tokens/s, and vLLM
+  tokens/s where vLLM is installed.
+- **Pipeline** (``--pipeline``, under 8 minutes on one H200): one cell end to end through the
+  real stages with ``isolate_stages=true`` — base model, sample (HF backend), grade, build,
+  weighted SFT, greedy evaluation of the base and trained models — on the 1B-shaped random
+  model and a generated single-digit task (a random model's last number is right often
+  enough for questions to be kept). Per stage it records the wall time, the worker's peak
+  device memory (``EAST_DEVICE_LOG``) and the device memory free after it (nvidia-smi: the
+  driver never creates a CUDA context), and asserts that the driver never initialised CUDA,
+  that the policy trained in fp32 under bf16 autocast, and that every stage handed its memory
+  back.
+
+Prints one JSON line last.
 
 The model is LLaMA-3.2-1B's shape (hidden 2048, 16 layers, 32 heads / 8 KV heads, FFN 8192,
 vocabulary 128,256, tied embeddings) with random weights: step times and throughput depend
 on shapes, not on what the weights learned. The tokenizer is built here (a byte-level BPE
-trained on the prompts, padded with reserved tokens to the model's vocabulary and given the
+trained on the prompts, padded with digit-bearing tokens to the model's vocabulary and given the
 paper's Llama-3 template): no hub, no 100 MB GGUF.
 
 A bare machine (torch and transformers, no network) needs only the wheels the image lacks;
@@ -16,7 +29,7 @@ experiments/benchmarks/gpu_bundle.sh writes them (under 64 MiB) into a folder:
     experiments/benchmarks/gpu_bundle.sh .bundle          # where pip works
     # on the GPU machine, from the checkout:
     pip install --no-index --no-deps --target /tmp/site .bundle/*.whl
-    PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py
+    PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py [--pipeline]
 
 ``--shape tiny`` runs the same code end to end on a CPU in a minute (the rehearsal).
 """
@@ -76,7 +89,11 @@ def build_model_dir(shape: str, out: Path) -> Path:
     texts = [*questions(200), PAPER_SYSTEM, "<|begin_of_text|><|start_header_id|><|end_header_id|><|eot_id|>"]
     tok = build_tiny_tokenizer(texts, vocab_size=min(dims["vocab_size"], 2000))
     tok = llama3_style(tok)
-    tok.add_tokens([f"<|reserved_{i}|>" for i in range(dims["vocab_size"] - len(tok))], special_tokens=True)
+    # Padded to the model's vocabulary with tokens that each read as one digit and a CJK
+    # character: what a random model samples is then mostly digits, so its last number is
+    # right about one time in nine on a one-digit task (the pipeline check keeps questions).
+    fill = [f"{k % 9}{chr(0x4E00 + k // 9)}" for k in range(dims["vocab_size"] - len(tok))]
+    tok.add_tokens(fill, special_tokens=False)
     config = LlamaConfig(
         **dims,
         tie_word_embeddings=True,
@@ -94,6 +111,129 @@ def build_model_dir(shape: str, out: Path) -> Path:
     return out
 
 
+def device_memory() -> list[dict[str, float]] | None:
+    """Used and total memory per GPU from nvidia-smi (no CUDA context in this process)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split(",") for line in out.strip().splitlines()]
+    return [{"used_gib": round(int(u) / 1024, 2), "total_gib": round(int(t) / 1024, 2)} for u, t in rows]
+
+
+def write_digit_task(folder: Path, train: int, test: int) -> Path:
+    """A jsonl dataset of one-digit sums: a random model's last number is often right."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, offset in (("train", train, 0), ("test", test, 1000)):
+        rows = [
+            {
+                "id": f"{split}{i}",
+                "question": f"What is {i % 5} + {(i // 5) % 5}?",
+                "answer": str(i % 5 + (i // 5) % 5),
+            }
+            for i in range(offset, offset + n)
+        ]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
+    """One cell through the real stages, each weight-loading one in its own process."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    from east.config import register_configs, validate
+    from east.data import load_splits
+    from east.stages.driver import Stages, make_sampler
+    from east.tracking import NullLogger
+
+    root = Path(__file__).resolve().parents[2]
+    tmp = Path(tempfile.mkdtemp())
+    started = time.perf_counter()
+    model = build_model_dir(args.shape, tmp / "model")
+    data = write_digit_task(tmp / "data", args.prompts, args.prompts // 2)
+    os.environ["EAST_DEVICE_LOG"] = str(tmp / "device.jsonl")
+    register_configs()
+    overrides = [
+        "model=llama-3.2-1b",
+        f"model.path={model}",
+        "dataset=jsonl",
+        f"dataset.path={data}",
+        "logger=none",
+        "isolate_stages=true",
+        "sampler=hf",
+        "sampler.batch_size=256",
+        f"sampling.n={args.n}",
+        f"sampling.max_new_tokens={args.max_new_tokens}",
+        f"evaluation.max_new_tokens={args.max_new_tokens}",
+        "filters.require_boxed_correct=false",
+        "filters.require_boxed_incorrect=false",
+        "objective.trainer.num_train_epochs=1",
+        "objective.trainer.max_length=1024",
+        f"paths.cache_dir={tmp / 'cache'}",
+        f"paths.output_dir={tmp / 'out'}",
+    ]
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        c = validate(compose(config_name="config", overrides=overrides))
+    stages = Stages(c, NullLogger(), make_sampler(c))
+    splits = load_splits(c.dataset)
+    report: list[dict[str, object]] = []
+
+    def stage(label: str, fn):
+        start = time.perf_counter()
+        result = fn()
+        report.append(
+            {"stage": label, "seconds": round(time.perf_counter() - start, 1), "after": device_memory()}
+        )
+        print(f"{label}: {report[-1]}", file=sys.stderr)
+        return result
+
+    test = next(iter(splits.tests))
+    base = stage("base_model", lambda: stages.base_model(splits))
+    samples = stage("sample", lambda: stages.sample(base, splits.train))
+    grades = stage("grade", lambda: stages.grade(samples))
+    records = stage("build", lambda: stages.build(samples, grades))
+    trained = stage("train", lambda: stages.train(base, records))
+    stage("evaluate_base", lambda: stages.evaluate(base, test, splits.tests[test], "evaluate_base"))
+    stage("evaluate", lambda: stages.evaluate(trained, test, splits.tests[test], "evaluate"))
+    log = tmp / "device.jsonl"
+    peaks = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    info = json.loads((trained.path / "train_info.json").read_text())
+    kept = json.loads((records.path / "stats.json").read_text())["kept"]
+    problems = []
+    if torch.cuda.is_initialized():
+        problems.append("the driver initialised CUDA: it holds a context (and maybe memory)")
+    if torch.cuda.is_available():
+        if info["param_dtype"] != "float32" or info["mixed_precision"] != "bf16":
+            problems.append(f"the policy trained as {info['param_dtype']} / {info['mixed_precision']}")
+        if info["devices_per_process"] != 1:
+            problems.append(f"the train worker saw {info['devices_per_process']} devices")
+        idle = report[0]["after"]
+        for r in report[1:]:
+            grown = [a["used_gib"] - b["used_gib"] for a, b in zip(r["after"], idle)]
+            if max(grown) > 1.0:
+                problems.append(f"{r['stage']}: {max(grown):.1f} GiB still used on a GPU after it")
+    return {
+        "check": "pipeline",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "shape": args.shape,
+        "kept": kept,
+        "train": info,
+        "stages": report,
+        "worker_peaks": peaks,
+        "problems": problems,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
@@ -102,7 +242,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--pipeline", action="store_true", help="one cell through the isolated stages")
     args = parser.parse_args()
+    if args.pipeline:
+        result = pipeline_check(args)
+        print(json.dumps(result))
+        if result["problems"]:
+            sys.exit(1)
+        return
     cuda = torch.cuda.is_available()
     started = time.perf_counter()
     out = build_model_dir(args.shape, Path(tempfile.mkdtemp()) / f"random-{args.shape}")
@@ -116,8 +263,9 @@ def main() -> None:
     # Weighted vs stock trainer steps (weighting_overhead.py's paired comparison, on this model).
     from weighting_overhead import compare
 
+    step_args = argparse.Namespace(mode="step", batch=args.batch, bf16=cuda, pairs=args.pairs, warmup=3)
     for objective in ("sft", "dpo"):
-        r = compare(objective, out, args.batch, cuda, args.pairs, 3)
+        r = compare(objective, out, step_args)
         result[f"{objective}_weighted_over_stock"] = r["ratio"]
         result[f"{objective}_ci"] = [r["ci_low"], r["ci_high"]]
         result[f"{objective}_step_ms"] = {"weighted": r["a_ms"], "stock": r["b_ms"]}

@@ -71,7 +71,13 @@ CLASSES = {
 
 
 def build(
-    objective: str, weighted: bool, model_dir: Path, batch: int, bf16: bool, steps: int = 1, accumulation: int = 1
+    objective: str,
+    weighted: bool,
+    model_dir: Path,
+    batch: int,
+    bf16: bool,
+    steps: int = 1,
+    accumulation: int = 1,
 ):
     cls = CLASSES[objective][0 if weighted else 1]
     data = rows(objective, 64)

@@ -64,7 +64,7 @@ def main() -> None:
 
     from east.config import register_configs, validate
     from east.data import load_splits
-    from east.stages import Stages
+    from east.stages.driver import Stages, make_sampler
     from east.tracking import NullLogger
 
     runs = [r for r in collect_runs(args.sweep) if r["run"]["objective"] == "sft"]
@@ -84,9 +84,7 @@ def main() -> None:
         config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"
     ):
         c = validate(compose(config_name="config", overrides=[*overrides, *args.set]))
-    import hydra.utils
-
-    stages = Stages(c, NullLogger(), hydra.utils.instantiate(c.sampler, dtype=c.model.dtype))
+    stages = Stages(c, NullLogger(), make_sampler(c))
     train = load_splits(c.dataset).train
 
     def correct(run: dict, stage: str) -> dict[str, bool]:

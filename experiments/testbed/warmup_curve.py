@@ -35,7 +35,7 @@ def main() -> None:
     from east.grading import grade_questions
     from east.prompts import build_prompts
     from east.sampling import HFSampler, SamplingParams
-    from east.train_stage import warm_up_tiny
+    from east.stages.base_model import warm_up_tiny
 
     register_configs()
     overrides = [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from east.cache import read_jsonl
 from east.pipeline import run
 from tests.helpers import ROOT, SMALL
 
@@ -133,9 +134,21 @@ def test_rounds_local_uncertainty_and_sampled_evaluation(first, cache, tmp_path)
         "evaluation.pass_k=[1,4]",
     )
     assert [x["round"] for x in r["rounds"]] == [0, 1]
-    assert (
-        r["stages"]["sample"]["key"] == first["stages"]["sample"]["key"]
-    )  # round 0 reuses the sweep's samples
+    # Round 0 samples what the sweep sampled, now with the token entropies this mapping reads
+    # (recorded only when asked: another key, the same responses).
+    assert r["stages"]["sample"]["key"] != first["stages"]["sample"]["key"]
+    mine, theirs = (
+        [
+            row["responses"]
+            for row in read_jsonl(cache / "sample" / run["stages"]["sample"]["key"] / "samples.jsonl")
+        ]
+        for run in (r, first)
+    )
+    assert mine == theirs
+    assert all(
+        row["token_entropy"] and all(t > 0 for t in row["token_entropy"])
+        for row in read_jsonl(cache / "sample" / r["stages"]["sample"]["key"] / "samples.jsonl")
+    )
     assert (
         r["stages"]["sample_r1"]["key"] != r["stages"]["sample"]["key"]
     )  # round 1 samples the trained model
@@ -214,7 +227,7 @@ def test_a_damaged_artifact_is_rebuilt_never_read(first, cache, tmp_path, fault)
 
 def test_samples_and_grades_are_joined_by_id(first, cache):
     from east.cache import StageResult
-    from east.stages import join_by_id as _join_by_id
+    from east.stages.driver import join_by_id as _join_by_id
 
     rows = [{"id": "a"}, {"id": "b"}]
     left = StageResult("sample", "k1", cache / "sample" / "k1", True, 0.0)
@@ -258,3 +271,33 @@ def test_a_failing_wandb_never_loses_training_or_results(first, cache, tmp_path,
     assert r["stages"]["train"]["cached"] is False  # training ran while W&B was failing
     assert (out / "results.json").exists()
     assert f"W&B {where} failed" in caplog.text
+
+
+def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(first, cache, tmp_path):
+    """A cell that fails at run time (one sample per question: every question all right or all
+    wrong, none kept) is recorded in its folder; the other cell runs; the table is written
+    listing the failed one; the sweep exits non-zero."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            *SMALL,
+            "sampling.n=1,6",  # after SMALL's own sampling.n
+            f"paths.cache_dir={cache}",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweep.subdir=${hydra.job.num}",
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    failed = json.loads(next(sweep.rglob("failed.json")).read_text())
+    assert failed["error"].startswith("RuntimeError: no training question survived the filters")
+    assert "sampling.n=1" in failed["overrides"] and failed["traceback"]
+    assert len(list(sweep.rglob("results.json"))) == 1  # the other cell ran
+    table = (sweep / "table.md").read_text()
+    assert "Missing: 1 cell(s) without results." in table and "no training question survived" in table

@@ -34,7 +34,7 @@ def test_weighted_sft_step_in_bf16_on_cuda(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
     from east.cache import write_jsonl
-    from east.train_stage import train_from_spec
+    from east.stages.train import train_from_spec
     from tests.conftest import assistant, prompt
 
     rows = [
@@ -46,7 +46,6 @@ def test_weighted_sft_step_in_bf16_on_cuda(tiny_dir, tmp_path):
         "per_device_train_batch_size": 4,
         "num_train_epochs": 1,
         "learning_rate": 1e-2,
-        "bf16": True,
         "logging_steps": 1,
     }
     spec = {
@@ -62,6 +61,10 @@ def test_weighted_sft_step_in_bf16_on_cuda(tiny_dir, tmp_path):
     }
     assert torch.cuda.is_available()
     train_from_spec(spec)
+    info = json.loads((tmp_path / "out" / "train_info.json").read_text())
+    # dtype auto: bf16 autocast over fp32 master weights, saved in bf16, on one device.
+    assert info["param_dtype"] == "float32" and info["mixed_precision"] == "bf16"
+    assert info["saved_dtype"] == "bfloat16" and info["devices_per_process"] >= 1
     history = json.loads((tmp_path / "out" / "log_history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))

@@ -127,7 +127,6 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "model.trainer_overrides.sft.learning_rate": (1e-4, ("train",)),
     "model.trainer_overrides.sft.num_train_epochs": (3, ("train",)),
     "model.trainer_overrides.sft.per_device_train_batch_size": (4, ("train",)),
-    "model.trainer_overrides.sft.bf16": (True, ("train",)),
     "model.trainer_overrides.sft.gradient_checkpointing": (True, ("train",)),
     "model.trainer_overrides.sft.lr_scheduler_type": ("linear", ("train",)),
     # The embedded task is generated: file and hub fields are not read (test_jsonl_fields).
@@ -164,6 +163,14 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "east.mapping": ("accuracy", ("build",)),
     "east.sharpness": (2.0, ("build",)),
     "sampler.batch_size": (8, ()),  # hf: per-row seeds, so samples do not depend on batching
+    # Nor on how many workers generate them, or in how many chunks.
+    "sampler.data_parallel_size": (2, ()),
+    "sampler.chunk_prompts": (5, ()),
+    # Where stages run and what a cluster job asks for never shape an artifact.
+    "isolate_stages": (True, ()),
+    "resources.gpus": (8, ()),
+    "resources.cpus_per_gpu": (4, ()),
+    "resources.mem_gb_per_gpu": (32, ()),
     "sampling.n": (4, ("sample",)),
     "sampling.temperature": (0.8, ("sample",)),
     "sampling.top_p": (0.9, ("sample",)),
@@ -190,6 +197,8 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
 STRUCTURAL = {
     "evaluation.base": ("false", {"evaluate_base_arith"}, set(), set()),
     "evaluation.only": ("true", {"sample", "grade", "build", "train", "evaluate_arith"}, set(), set()),
+    # Phase A of a cluster sweep: the stages a sweep's cells share, under the cells' own keys.
+    "stop_after": ("shared", {"build", "train", "evaluate_arith"}, set(), set()),
     "evaluation.samples": ("2", set(), {"evaluate_sampled_arith", "evaluate_base_sampled_arith"}, set()),
     # Round 0 keeps its keys; the final evaluation is of the round-1 model.
     "rounds": (
@@ -256,8 +265,8 @@ def test_objective_trainer_keys_change_training_unless_the_model_overrides_them(
         "max_length": 64,
         "weight_decay": 0.1,
         "lr_scheduler_type": "constant",
-        "bf16": True,
         "gradient_checkpointing": True,
+        "save_steps": 50,
         "logging_steps": 3,
         "max_grad_norm": 0.5,
         "warmup_steps": 10,
@@ -267,7 +276,8 @@ def test_objective_trainer_keys_change_training_unless_the_model_overrides_them(
         assert value is not None and value != old, f"give objective.trainer.{key} a flip value in this test"
         flipped = stage_keys([f"objective.trainer.{key}={value}"])
         changed = {label for label in base if flipped[label] != base[label]}
-        expected = set() if key in overridden else _downstream({"train"}) & set(base)
+        # How often a checkpoint is written does not change what is trained.
+        expected = set() if key in overridden or key == "save_steps" else _downstream({"train"}) & set(base)
         assert changed == expected, key
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import sys
-import types
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,15 @@ def test_hf_sampler_is_independent_of_batching_and_order(tiny_dir):
     prompts = build_prompts(tok, [f"What is {a} plus 3?" for a in range(5)], None).token_ids
     seeds = [[sample_seed(0, f"q{i}", j, 0) for j in range(3)] for i in range(5)]
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=10)
-    a = HFSampler(batch_size=4, progress=False).generate(str(tiny_dir), prompts, seeds, params)
-    b = HFSampler(batch_size=7, progress=False).generate(str(tiny_dir), prompts[::-1], seeds[::-1], params)
+    a = HFSampler(batch_size=4, progress=False).generate(
+        str(tiny_dir), prompts, seeds, params, token_entropy=True
+    )
+    b = HFSampler(batch_size=7, progress=False).generate(
+        str(tiny_dir), prompts[::-1], seeds[::-1], params, token_entropy=True
+    )
     assert a.texts == b.texts[::-1]
+    plain = HFSampler(batch_size=4, progress=False).generate(str(tiny_dir), prompts, seeds, params)
+    assert plain.texts == a.texts and plain.token_entropy is None  # entropies only when asked
     # Entropies are float reductions over a batch's padded rows: equal to float precision.
     assert a.token_entropy == [[pytest.approx(t, rel=1e-5) for t in row] for row in b.token_entropy[::-1]]
     assert len({r for row in a.texts for r in row}) > 5  # real sampling, not one repeated string
@@ -49,68 +56,53 @@ def test_invalid_sampling_params():
         SamplingParams(temperature=-0.1)
 
 
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+
+
 @pytest.fixture
-def fake_vllm(monkeypatch):
-    """vLLM replaced at its import boundary: a module whose LLM echoes each request's seed."""
-    calls = {}
-    module = types.ModuleType("vllm")
-
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
-
-    class LLM:
-        def __init__(self, model, **kwargs):
-            calls["init"] = (model, kwargs)
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls["generate"] = (prompts, params)
-            # Two generated tokens; at each step the top-2 log-probs (uniform: ln 2 nats at T=1).
-            steps = [
-                {
-                    7: types.SimpleNamespace(logprob=math.log(0.5)),
-                    8: types.SimpleNamespace(logprob=math.log(0.5)),
-                }
-            ] * 2
-            return [
-                types.SimpleNamespace(
-                    outputs=[
-                        types.SimpleNamespace(
-                            text=f" {p['prompt_token_ids']}|{sp.seed}|{sp.temperature} ",
-                            token_ids=[1, 2],
-                            logprobs=steps if sp.logprobs else None,
-                        )
-                    ]
-                )
-                for p, sp in zip(prompts, params)
-            ]
-
-    module.SamplingParams, module.LLM = SamplingParams, LLM
-    monkeypatch.setitem(sys.modules, "vllm", module)
+def fake_vllm(monkeypatch, tmp_path):
+    """vLLM replaced by tests/fakes/vllm (its real signatures and checks); returns its log."""
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
     monkeypatch.delitem(sys.modules, "east.sampling_vllm", raising=False)
-    return calls
+
+    def events():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return events
 
 
 def test_vllm_backend_keeps_the_seed_contract(fake_vllm):
     from east.sampling_vllm import VLLMSampler
 
-    sampler = VLLMSampler(tensor_parallel_size=2)
+    sampler = VLLMSampler(tensor_parallel_size=2, dtype="bf16", chunk_requests=3)
     seeds = [[11, 12], [21, 22]]
-    out = sampler.generate(
-        "/models/x", [[1, 5], [1, 6]], seeds, SamplingParams(n=2, temperature=1.0, max_new_tokens=5)
-    )
-    assert out.texts == [["[1, 5]|11|1.0", "[1, 5]|12|1.0"], ["[1, 6]|21|1.0", "[1, 6]|22|1.0"]]
-    model, kwargs = fake_vllm["init"]
-    assert model == "/models/x" and kwargs["tensor_parallel_size"] == 2
-    prompts, params = fake_vllm["generate"]
-    assert all(p.n == 1 and p.max_tokens == 5 and p.logprobs == 20 for p in params)
-    # Token ids go in as they are: vLLM never tokenizes (and never adds a BOS) itself.
-    assert prompts == [{"prompt_token_ids": [1, 5]}] * 2 + [{"prompt_token_ids": [1, 6]}] * 2
-    # local_uncertainty works on this backend: entropies from the returned log-probs.
-    assert out.token_entropy == [[pytest.approx(math.log(2))] * 2] * 2
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=5)
+    out = sampler.generate("/models/x", [[1, 5], [1, 6, 9]], seeds, params)
+    again = VLLMSampler(chunk_requests=100).generate("/models/x", [[1, 6, 9]], [[22]], params)
+    assert out.texts[1][1] == again.texts[0][0]  # a response depends on its prompt and seed only
+    assert out.token_entropy is None  # no mapping asked: no log-probs requested
+    engine, *calls = fake_vllm()
+    # What the engine is told, by vLLM's own names (vllm/config/model.py).
+    assert engine["event"] == "engine" and engine["model"] == "/models/x"
+    assert engine["tensor_parallel_size"] == 2 and engine["dtype"] == "bfloat16"
+    assert engine["logprobs_mode"] == "raw_logprobs"
+    assert engine["max_model_len"] == 3 + 5  # the longest prompt plus the new tokens
+    # 4 requests in chunks of 3, none asking for log-probs.
+    assert [c["requests"] for c in calls[:2]] == [3, 1] and calls[0]["logprobs"] == [None]
+    entropic = sampler.generate("/models/x", [[1, 5]], [[11]], params, token_entropy=True)
+    assert fake_vllm()[-1]["logprobs"] == [20]
+    # local_uncertainty: entropies from the returned top-k log-probs (uniform over 20 tokens).
+    assert entropic.token_entropy == [[pytest.approx(math.log(20))]]
+    assert entropic.texts == [out.texts[0][:1]]
     assert sampler.cache_key == {"name": "vllm", "entropy_top_k": 20}
+    assert VLLMSampler(batch_invariant=True).cache_key["batch_invariant"] is True
     with pytest.raises(TypeError, match="token ids"):
         sampler.generate("/models/x", ["text prompt"], [[1]], SamplingParams(n=1))
+    with pytest.raises(ValueError, match="unknown dtype"):
+        VLLMSampler(dtype="fp8")
 
 
 def test_top_k_entropy_is_tempered_and_renormalised():

@@ -289,7 +289,8 @@ def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
 
     from east.cache import write_json, write_jsonl
     from east.config import batch_layout
-    from east.train_stage import launch_workers, train_from_spec
+    from east.stages.train import launch as launch_workers
+    from east.stages.train import train_from_spec
 
     records = tmp_path / "records.jsonl"
     write_jsonl(records, [dict(r, weight=w) for r, w in zip(ROWS["sft"][:8], [0.5, 1.5] * 4)])
@@ -308,7 +309,6 @@ def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
             "optim": "sgd",
             "lr_scheduler_type": "constant",
             "logging_steps": 1,
-            "bf16": False,
         }
         spec = {
             "objective": "sft",

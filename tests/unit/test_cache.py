@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,47 @@ def test_stale_temporary_folders_are_removed_but_never_under_a_live_writer(tmp_p
         release.set()
         t.join()
     assert cache.clean_stale() == 1 and not live.exists()
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+server:/export/home /home nfs4 rw,vers=4.2 0 0
+10.0.0.1@tcp:/scratch /scratch lustre rw,flock 0 0
+/dev/sdb1 /scratch/local\\040disk xfs rw 0 0
+"""
+
+
+def test_the_filesystem_of_a_path_is_its_longest_mount_point():
+    from east.cache import filesystem_type
+
+    assert filesystem_type("/home/me/.cache/east", MOUNTS) == "nfs4"
+    assert filesystem_type("/scratch/run", MOUNTS) == "lustre"
+    assert filesystem_type("/scratch/local disk/x", MOUNTS) == "xfs"
+    assert filesystem_type("/tmp/x", MOUNTS) == "ext4"
+    assert filesystem_type("/homeless", MOUNTS) == "ext4"  # not under /home
+
+
+def test_the_parse_store_leaves_network_filesystems(monkeypatch, tmp_path):
+    """SQLite's locking is not to be trusted over NFS or Lustre: the store goes node-local."""
+    from east.cache import parse_store_dir
+
+    monkeypatch.setenv("EAST_LOCAL_DIR", str(tmp_path))
+    local = parse_store_dir("/home/me/.cache/east", MOUNTS)
+    assert local.parent == tmp_path and local.name.startswith("east-parse-store-")
+    assert parse_store_dir("/scratch/run", MOUNTS).parent == tmp_path
+    assert parse_store_dir("/tmp/cache", MOUNTS) == Path("/tmp/cache")
+
+
+def test_a_cache_without_flock_fails_with_what_to_do(monkeypatch, tmp_path):
+    import errno
+    import fcntl
+
+    from east.cache import LockUnsupported, StageCache
+
+    def no_locks(f, flags):
+        if flags != fcntl.LOCK_UN:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LockUnsupported, match="-o flock"):
+        StageCache(tmp_path).run("s", {}, [], lambda d: None)

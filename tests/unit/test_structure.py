@@ -1,10 +1,12 @@
 """The package's shape: no import cycles between east's modules (counting imports inside
-functions), and the accelerate worker reaches neither the Hydra-side pipeline nor Hydra."""
+functions), and the stage workers reach neither the Hydra-side pipeline nor Hydra."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -54,19 +56,24 @@ def test_no_import_cycles():
     assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
 
 
-def test_the_training_worker_imports_only_what_it_runs():
-    reached = _closure(_graph(), "east.train_worker")
-    assert "east.train_stage" in reached
+@pytest.mark.parametrize("worker", ["east.stages.train", "east.stages.generate", "east.stages.base_model"])
+def test_stage_workers_import_only_what_they_run(worker):
+    """A worker process (python -m east.stages.X, or accelerate launch) reads a resolved spec:
+    it reaches neither the Hydra-side pipeline nor Hydra, and the stages package's own
+    import is empty (a worker imports only its own modules)."""
+    reached = _closure(_graph(), worker)
     assert not reached & {
         "east.pipeline",
-        "east.stages",
+        "east.stages.driver",
         "east.config",
         "east.hydra_callbacks",
         "east.results",
     }
-    for module in reached:
+    for module in reached | {worker}:
         text = _path(module).read_text()
         assert "import hydra" not in text and "from hydra" not in text, module
+    init = ast.parse((PACKAGE / "stages" / "__init__.py").read_text())
+    assert not [n for n in ast.walk(init) if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
 def _path(module: str) -> Path:

@@ -1,6 +1,7 @@
-"""The pipeline's stages, each a cached artifact (:mod:`east.cache`) keyed by exactly the
-config it depends on: the base model, sampling, grading, building the weighted training
-records, training, and evaluation (greedy accuracy; maj@n / pass@k over samples).
+"""The driver side of every stage: its cache key (exactly the config it depends on), and its
+body — grading and building in this process; the stages that load model weights through
+their worker modules (east.stages.base_model, .generate, .train), run here or, with
+``isolate_stages``, in child processes that own their devices and give them back on exit.
 
 :class:`Stages` holds what they share (the cache, the sampler backend, tokenized prompts);
 :func:`east.pipeline.run` calls them in the paper's order.
@@ -12,21 +13,37 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from east.cache import StageCache, StageResult, read_json, read_jsonl, write_json, write_jsonl
+from east.cache import (
+    StageCache,
+    StageResult,
+    parse_store_dir,
+    read_json,
+    read_jsonl,
+    stage_key,
+    write_json,
+    write_jsonl,
+)
 from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
-from east.prompts import Prompts, assistant, build_prompts, messages
+from east.models import model_path
+from east.prompts import Prompts, build_prompts
 from east.sampling import sample_seed
-from east.train_stage import WARMUP_RECIPE, launch_workers, model_path, train_from_spec, warm_up_tiny
-from east.weighting import canonical
+from east.stages import launch
+from east.stages.base_model import WARMUP_RECIPE
+from east.weighting import canonical, get_mapping
 
 log = logging.getLogger(__name__)
+
+#: Fields of a shipped sampler config that the driver reads and the backend does not take.
+DRIVER_FIELDS = ("data_parallel_size", "chunk_prompts")
 
 
 class Stages:
@@ -36,6 +53,7 @@ class Stages:
         self.sampler = sampler
         self.cache = StageCache(c.paths.cache_dir)
         self.cache.clean_stale()
+        self.isolate = isolation(c.isolate_stages)
         #: Every stage this run used, by label (e.g. ``sample``, ``train_r1``, ``evaluate_arith``).
         self.results: dict[str, StageResult] = {}
         self._prompt_cache: dict[tuple[str, str], Prompts] = {}
@@ -43,9 +61,22 @@ class Stages:
     # ------------------------------------------------------------------ helpers
 
     def _stage(
-        self, name: str, config: Any, inputs: list[StageResult], build: Any, label: str
+        self,
+        name: str,
+        config: Any,
+        inputs: list[StageResult],
+        build: Callable[..., None],
+        label: str,
+        work: bool = False,
     ) -> StageResult:
-        result = self.cache.run(name, config, [i.key for i in inputs], build)
+        """The artifact of ``name`` for this config and inputs, built by ``build(folder)``
+        (``work``: ``build(folder, work_dir)``, a folder of the key that survives a killed
+        build, for checkpoints, and is removed once the artifact is in place)."""
+        keys = [i.key for i in inputs]
+        work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
+        result = self.cache.run(name, config, keys, (lambda d: build(d, work_dir)) if work else build)
+        if work_dir is not None and not result.cached:
+            shutil.rmtree(work_dir, ignore_errors=True)
         self.results[label] = result
         self.logger.log(
             {f"stages/{label}/seconds": result.seconds, f"stages/{label}/cached": int(result.cached)}
@@ -64,19 +95,83 @@ class Stages:
             self._prompt_cache[key] = build_prompts(tok, questions, self.c.model.system_prompt)
         return self._prompt_cache[key]
 
+    def _run(
+        self, module: str, spec: dict[str, Any], folder: Path, label: str, inline: Callable[[], None]
+    ) -> None:
+        """A weight-loading stage body: ``inline()`` here, or ``python -m module SPEC`` in a
+        child process on one device group when stages are isolated."""
+        if not self.isolate:
+            inline()
+            return
+        path = launch.write_spec(folder / f"{module.rsplit('.', 1)[-1]}_spec.json", spec)
+        launch.run_workers(module, [path], launch.device_groups(1, 1), label)
+
+    def _generate(
+        self,
+        scratch: Path,
+        path: str,
+        token_ids: list[list[int]],
+        seeds: list[list[int]],
+        params: SamplingParams,
+        token_entropy: bool,
+        label: str,
+    ) -> Iterator[dict[str, Any]]:
+        """Per prompt, in order, ``{"texts": [...], "token_entropy": [...] | None}``: written by
+        generate workers (contiguous shards, one per device group) or, unsharded and not
+        isolated, by the driver's own sampler. The worker count is not in any key: each
+        response depends only on its seed."""
+        from east.stages import generate
+
+        scratch.mkdir(parents=True, exist_ok=True)
+        workers, per_worker = data_parallel(self.c.sampler, len(token_ids))
+        parts = launch.shards(len(token_ids), workers)
+        base = {
+            "model_path": path,
+            "dtype": self.c.model.dtype,
+            "sampler": sampler_node(self.c.sampler),
+            "params": dataclasses.asdict(params),
+            "token_entropy": token_entropy,
+            "chunk_prompts": _get(self.c.sampler, "chunk_prompts", 1024),
+        }
+        outs = []
+        for k, part in enumerate(parts):
+            prompts = scratch / f"prompts-{k}.jsonl"
+            write_jsonl(prompts, [{"token_ids": token_ids[i], "seeds": seeds[i]} for i in part])
+            outs.append(scratch / f"generated-{k}.jsonl")
+            spec = {**base, "prompts": str(prompts), "out": str(outs[-1])}
+            launch.write_spec(scratch / f"generate-{k}.json", spec)
+        if len(parts) == 1 and not (self.isolate or getattr(self.sampler, "own_process", False)):
+            try:
+                generate.run(json.loads((scratch / "generate-0.json").read_text()), sampler=self.sampler)
+            finally:
+                close = getattr(self.sampler, "close", None)
+                if close is not None:
+                    close()
+        elif parts:
+            specs = [scratch / f"generate-{k}.json" for k in range(len(parts))]
+            launch.run_workers(
+                "east.stages.generate", specs, launch.device_groups(len(parts), per_worker), label
+            )
+        for out in outs:
+            yield from read_jsonl(out)
+
     # ------------------------------------------------------------------ stages
 
     def base_model(self, splits: Splits) -> StageResult:
         """The model self-training starts from: the tiny model after its warm-up, or a
         reference to real weights (hub id or folder) written as a small artifact."""
+        from east.stages import base_model as worker
+
         m = self.c.model
         if m.gguf and not m.path:
-            from east.models import convert_gguf, find_gguf
+            from east.models import find_gguf
 
             gguf = dict(m.gguf)
 
             def convert(d: Path) -> None:
-                convert_gguf(find_gguf(gguf["package"], gguf["file"]), d / "model")
+                spec = {"kind": "gguf", "out": str(d), "gguf": str(find_gguf(gguf["package"], gguf["file"]))}
+                self._run("east.stages.base_model", spec, d / ".work", "base_model", lambda: worker.run(spec))
+                shutil.rmtree(d / ".work", ignore_errors=True)
 
             return self._stage("base_model", {"gguf": gguf}, [], convert, "base_model")
         if m.tiny is None:
@@ -92,16 +187,28 @@ class Stages:
         }
 
         def warm_up(d: Path) -> None:
-            warm_up_tiny(d, m.tiny, splits.warmup, m.system_prompt)
+            scratch = d / ".work"
+            scratch.mkdir()
+            write_jsonl(scratch / "warmup.jsonl", [p.to_dict() for p in splits.warmup])
+            spec = {
+                "kind": "tiny",
+                "out": str(d),
+                "tiny": dataclasses.asdict(m.tiny),
+                "warmup": str(scratch / "warmup.jsonl"),
+                "system": m.system_prompt,
+            }
+            self._run("east.stages.base_model", spec, scratch, "base_model", lambda: worker.run(spec))
+            shutil.rmtree(scratch, ignore_errors=True)
 
         return self._stage("base_model", config, [], warm_up, "base_model")
 
     def sample(self, model: StageResult, problems: list[Problem], round_: int = 0) -> StageResult:
         """n responses per training question, each seeded by (seed, question, index, round),
-        with the sampler's token entropies where it records them."""
+        with the sampler's token entropies when the mapping reads them."""
         c, params = self.c, self.c.sampling
         path = model_path(model.path)
         prompts = self._prompts(path, problems)
+        token_entropy = get_mapping(canonical(c.east.mapping, c.east.sharpness)[0]).signal == "token_entropy"
         config = {
             "sampling": dataclasses.asdict(params),
             "seed": c.seed,
@@ -111,24 +218,28 @@ class Stages:
             "questions": problems_digest(problems),
             "dtype": c.model.dtype,
         }
+        if token_entropy:  # recorded only when read (vLLM then returns log-probs)
+            config["token_entropy"] = True
+        label = round_label("sample", round_)
 
         def write(d: Path) -> None:
             seeds = [[sample_seed(c.seed, p.id, j, round_) for j in range(params.n)] for p in problems]
             start = time.perf_counter()
-            generation = self.sampler.generate(path, prompts.token_ids, seeds, params)
-            seconds = time.perf_counter() - start
-            token_entropy = generation.token_entropy or [None] * len(problems)
-            rows = [
-                {**p.to_dict(), "responses": r, "token_entropy": t}
-                for p, r, t in zip(problems, generation.texts, token_entropy, strict=True)
-            ]
-            write_jsonl(d / "samples.jsonl", rows)
-            responses = sum(map(len, generation.texts))
-            write_json(d / "stats.json", {"seconds": seconds, "responses": responses})
+            generated = self._generate(
+                d / ".work", path, prompts.token_ids, seeds, params, token_entropy, label
+            )
+            responses = 0
+            with (d / "samples.jsonl").open("w", encoding="utf-8") as f:
+                for p, g in zip(problems, generated, strict=True):
+                    responses += len(g["texts"])
+                    row = {**p.to_dict(), "responses": g["texts"], "token_entropy": g["token_entropy"]}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            shutil.rmtree(d / ".work", ignore_errors=True)
+            write_json(d / "stats.json", {"seconds": time.perf_counter() - start, "responses": responses})
             example = {"text": prompts.texts[0], "token_ids": prompts.token_ids[0]}
             write_json(d / "prompt_example.json", example)
 
-        return self._stage("sample", config, [model], write, round_label("sample", round_))
+        return self._stage("sample", config, [model], write, label)
 
     def grade(self, samples: StageResult, round_: int = 0) -> StageResult:
         """Extract, cluster and grade every question's responses (east.grading)."""
@@ -144,7 +255,7 @@ class Stages:
                 processes=g.processes,
                 timeout_s=g.timeout_s,
                 fallback=g.fallback,
-                store=self.cache.root,
+                store=parse_store_dir(self.cache.root),
             )
             write_jsonl(d / "grades.jsonl", [{"id": r["id"], **gr.to_dict()} for r, gr in zip(rows, grades)])
             write_json(d / "stats.json", grading_stats(grades, g.timeout_s, "grade"))
@@ -154,6 +265,8 @@ class Stages:
 
     def build(self, samples: StageResult, grades: StageResult, round_: int = 0) -> StageResult:
         """Filter the graded questions, weight the kept ones, build the objective's records."""
+        from east.stages.build import build_records
+
         c = self.c
         # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
         mapping, sharpness = canonical(c.east.mapping, c.east.sharpness)
@@ -175,17 +288,21 @@ class Stages:
         return self._stage("build", config, [grades], write, round_label("build", round_))
 
     def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:
-        """Train the objective with the per-question weights (east.training's TRL subclasses)."""
+        """Train the objective with the per-question weights (east.training's TRL subclasses),
+        checkpointing into the stage's work folder so that a killed run resumes."""
+        from east.stages import train as worker
+
         c = self.c
         layout = batch_layout(c)
         trainer_cfg = {
             **trainer_settings(c),
             "gradient_accumulation_steps": layout["gradient_accumulation_steps"],
         }
-        # The process count is part of the key: with it, float reductions change.
+        # The process count is part of the key: with it, float reductions change. How often
+        # checkpoints are written does not change the result: not in the key.
         config = {
             "objective": c.objective.name,
-            "trainer": trainer_cfg,
+            "trainer": {k: v for k, v in trainer_cfg.items() if k != "save_steps"},
             "seed": c.seed,
             "processes": layout["processes"],
             "dtype": c.model.dtype,
@@ -194,12 +311,14 @@ class Stages:
         dist = c.distributed
         if layout["processes"] > 1:  # DDP, FSDP and ZeRO-3 reduce in different orders
             config["accelerate_config"] = dist.accelerate_config
+        label = round_label("train", round_)
 
-        def write(d: Path) -> None:
+        def write(d: Path, work: Path) -> None:
             spec = {
                 "objective": c.objective.name,
                 "base_path": model_path(model.path),
                 "out_dir": str(d),
+                "work_dir": str(work),
                 "records": str(records.path / "records.jsonl"),
                 "settings": trainer_cfg,
                 "seed": c.seed,
@@ -207,18 +326,21 @@ class Stages:
                 "dtype": c.model.dtype,
                 "report_to": [],  # the driver logs through its own logger
             }
-            if dist.num_processes == 1:
+            if dist.num_processes > 1:
+                write_json(d / "train_spec.json", spec)
+                accelerate = dist.accelerate_config_path() if dist.accelerate_config else None
+                worker.launch(d / "train_spec.json", dist.num_processes, accelerate, list(dist.launch_args))
+            else:
                 from east.tracking import logger_callback
 
-                train_from_spec(spec, callbacks=[logger_callback(self.logger)])
-                return
-            write_json(d / "train_spec.json", spec)
-            accelerate = dist.accelerate_config_path() if dist.accelerate_config else None
-            launch_workers(d / "train_spec.json", dist.num_processes, accelerate, list(dist.launch_args))
+                inline = lambda: worker.train_from_spec(spec, callbacks=[logger_callback(self.logger)])  # noqa: E731
+                self._run("east.stages.train", spec, d, label, inline)
+                if not self.isolate:
+                    return
             for entry in read_json(d / "log_history.json"):  # workers do not log to W&B
                 self.logger.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, int | float)})
 
-        return self._stage("train", config, [model, records], write, round_label("train", round_))
+        return self._stage("train", config, [model, records], write, label, work=True)
 
     def evaluate(
         self, model: StageResult, test_name: str, problems: list[Problem], label: str
@@ -240,8 +362,13 @@ class Stages:
 
         def write(d: Path) -> None:
             params = SamplingParams(n=1, temperature=0.0, max_new_tokens=e.max_new_tokens)
-            texts = self.sampler.generate(path, prompts.token_ids, [[0]] * len(problems), params).texts
-            grades = self._grade([(t, p.gold) for t, p in zip(texts, problems)])
+            seeds = [[0]] * len(problems)
+            texts = [
+                r["texts"]
+                for r in self._generate(d / ".work", path, prompts.token_ids, seeds, params, False, label)
+            ]
+            shutil.rmtree(d / ".work", ignore_errors=True)
+            grades = self._grade([(t, p.gold) for t, p in zip(texts, problems, strict=True)])
             records = [
                 {
                     "id": p.id,
@@ -293,8 +420,12 @@ class Stages:
             from east.metrics import majority_correct, pass_at_k
 
             seeds = [[sample_seed(c.seed, p.id, j, "eval") for j in range(params.n)] for p in problems]
-            texts = self.sampler.generate(path, prompts.token_ids, seeds, params).texts
-            grades = self._grade([(r, p.gold) for r, p in zip(texts, problems)])
+            texts = [
+                r["texts"]
+                for r in self._generate(d / ".work", path, prompts.token_ids, seeds, params, False, label)
+            ]
+            shutil.rmtree(d / ".work", ignore_errors=True)
+            grades = self._grade([(r, p.gold) for r, p in zip(texts, problems, strict=True)])
             metrics = {
                 f"maj@{params.n}": float(np.mean([majority_correct(gr) for gr in grades])),
                 "grading_timeouts": sum(gr.timeouts for gr in grades),
@@ -312,79 +443,53 @@ class Stages:
 
         g = self.c.grading
         return grade_questions(
-            items, processes=g.processes, fallback=g.fallback, timeout_s=g.timeout_s, store=self.cache.root
+            items,
+            processes=g.processes,
+            fallback=g.fallback,
+            timeout_s=g.timeout_s,
+            store=parse_store_dir(self.cache.root),
         )
 
 
-# ---------------------------------------------------------------------- building records
+# ---------------------------------------------------------------------- placement
 
 
-def build_records(
-    c: Config, rows: list[dict[str, Any]], grade_rows: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The objective's weighted training records from graded samples, and their statistics."""
-    from east.grading import QuestionGrade
-    from east.selection import GradedQuestion, filter_questions
-    from east.selection import build_records as build_objective_records
-    from east.weighting import get_mapping
+def make_sampler(c: Config) -> Any:
+    """The run's sampler backend, built from ``sampler`` (its driver-only fields left out)."""
+    import hydra.utils
 
-    system = c.model.system_prompt
-    questions = [
-        GradedQuestion(
-            r["id"],
-            messages(r["question"], system),
-            r["responses"],
-            QuestionGrade(**{k: v for k, v in g.items() if k != "id"}),
-        )
-        for r, g in zip(rows, grade_rows)
-    ]
-    kept, dropped = filter_questions(questions, c.filters)
-    if not kept:
-        raise RuntimeError(
-            f"no training question survived the filters (dropped per rule: {dropped}); "
-            "sample more responses (sampling.n) or relax the filters"
-        )
-    name, sharpness = canonical(c.east.mapping, c.east.sharpness)
-    mapping = get_mapping(name)
-    weights = mapping(signal_values(kept, rows, mapping.signal), sharpness)
-    kwargs = {"k": c.objective.sft_k} if c.objective.name == "sft" else {}
-    records = build_objective_records(c.objective.name, kept, weights, seed=c.seed, **kwargs)
-    for r in records:  # TRL conversational format
-        for key in ("completion", "chosen", "rejected"):
-            if key in r:
-                r[key] = assistant(r[key])
-    entropy = [q.grade.entropy for q in questions]
-    kept_entropy = [q.grade.entropy for q in kept]
-    stats = {
-        "questions": len(questions),
-        "kept": len(kept),
-        "dropped": dropped,
-        "records": len(records),
-        "entropy": summary(kept_entropy),
-        "entropy_all": summary(entropy),
-        "weight": summary(list(weights)),
-        "accuracy_all": summary([q.grade.accuracy for q in questions]),
-        "kept_entropy_values": kept_entropy,
-        "weight_values": [float(w) for w in weights],
-        "entropy_values": entropy,
-    }
-    return records, stats
+    return hydra.utils.instantiate(sampler_node(c.sampler), dtype=c.model.dtype)
 
 
-def signal_values(kept: list[Any], rows: list[dict[str, Any]], signal: str) -> np.ndarray:
-    """Per kept question, the statistic a mapping reads (east.weighting.SIGNALS): a field of
-    its grade, or the mean of the sampler's token entropies over its responses."""
-    if signal == "token_entropy":
-        token = {r["id"]: r.get("token_entropy") for r in rows}
-        missing = [q.question_id for q in kept if not token.get(q.question_id)]
-        if missing:
-            raise ValueError(
-                f"mapping signal 'token_entropy' is not available for {len(missing)} questions "
-                f"(e.g. {missing[0]!r}): this run's sampler recorded no token entropies"
-            )
-        return np.array([np.mean(token[q.question_id]) for q in kept], dtype=float)
-    field = {"entropy": "entropy", "accuracy": "accuracy", "rejected": "rejected_share"}[signal]
-    return np.array([getattr(q.grade, field) for q in kept], dtype=float)
+def isolation(setting: Any) -> bool:
+    """``isolate_stages``: ``auto`` is on when a CUDA device is visible."""
+    if setting == "auto":
+        return launch.cuda_available()
+    return bool(setting)
+
+
+def _get(node: Any, key: str, default: Any) -> Any:
+    if dataclasses.is_dataclass(node):
+        return getattr(node, key, default)
+    return node.get(key, default) if hasattr(node, "get") else default
+
+
+def data_parallel(sampler: Any, prompts: int) -> tuple[int, int]:
+    """(generate workers, devices per worker): ``sampler.data_parallel_size`` (``auto``: every
+    visible device group of ``tensor_parallel_size`` devices; 1 on a CPU) and the backend's
+    tensor parallelism."""
+    per_worker = int(_get(sampler, "tensor_parallel_size", 1) or 1)
+    size = _get(sampler, "data_parallel_size", 1)
+    if size == "auto":
+        size = max(1, len(launch.visible_devices()) // per_worker)
+    return max(1, min(int(size), max(prompts, 1))), per_worker
+
+
+def sampler_node(sampler: Any) -> dict[str, Any]:
+    """What a generate worker builds its backend from: ``_target_`` and the constructor's
+    keyword arguments (the driver's own fields left out)."""
+    node = dataclasses.asdict(sampler) if dataclasses.is_dataclass(sampler) else dict(sampler)
+    return {k: v for k, v in node.items() if k not in DRIVER_FIELDS}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -399,13 +504,6 @@ def problems_digest(problems: list[Problem]) -> str:
 
 def round_label(stage: str, round_: int) -> str:
     return stage if round_ == 0 else f"{stage}_r{round_}"
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}
 
 
 def join_by_id(

@@ -1,0 +1,87 @@
+"""The build stage's body: filter the graded questions, weight the kept ones by the run's
+mapping, and build the objective's training records (driver side; no model weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from east.config import Config
+from east.prompts import assistant, messages
+from east.weighting import canonical
+
+
+def build_records(
+    c: Config, rows: list[dict[str, Any]], grade_rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The objective's weighted training records from graded samples, and their statistics."""
+    from east.grading import QuestionGrade
+    from east.selection import GradedQuestion, filter_questions
+    from east.selection import build_records as build_objective_records
+    from east.weighting import get_mapping
+
+    system = c.model.system_prompt
+    questions = [
+        GradedQuestion(
+            r["id"],
+            messages(r["question"], system),
+            r["responses"],
+            QuestionGrade(**{k: v for k, v in g.items() if k != "id"}),
+        )
+        for r, g in zip(rows, grade_rows)
+    ]
+    kept, dropped = filter_questions(questions, c.filters)
+    if not kept:
+        raise RuntimeError(
+            f"no training question survived the filters (dropped per rule: {dropped}); "
+            "sample more responses (sampling.n) or relax the filters"
+        )
+    name, sharpness = canonical(c.east.mapping, c.east.sharpness)
+    mapping = get_mapping(name)
+    weights = mapping(signal_values(kept, rows, mapping.signal), sharpness)
+    kwargs = {"k": c.objective.sft_k} if c.objective.name == "sft" else {}
+    records = build_objective_records(c.objective.name, kept, weights, seed=c.seed, **kwargs)
+    for r in records:  # TRL conversational format
+        for key in ("completion", "chosen", "rejected"):
+            if key in r:
+                r[key] = assistant(r[key])
+    entropy = [q.grade.entropy for q in questions]
+    kept_entropy = [q.grade.entropy for q in kept]
+    stats = {
+        "questions": len(questions),
+        "kept": len(kept),
+        "dropped": dropped,
+        "records": len(records),
+        "entropy": summary(kept_entropy),
+        "entropy_all": summary(entropy),
+        "weight": summary(list(weights)),
+        "accuracy_all": summary([q.grade.accuracy for q in questions]),
+        "kept_entropy_values": kept_entropy,
+        "weight_values": [float(w) for w in weights],
+        "entropy_values": entropy,
+    }
+    return records, stats
+
+
+def signal_values(kept: list[Any], rows: list[dict[str, Any]], signal: str) -> np.ndarray:
+    """Per kept question, the statistic a mapping reads (east.weighting.SIGNALS): a field of
+    its grade, or the mean of the sampler's token entropies over its responses."""
+    if signal == "token_entropy":
+        token = {r["id"]: r.get("token_entropy") for r in rows}
+        missing = [q.question_id for q in kept if not token.get(q.question_id)]
+        if missing:
+            raise ValueError(
+                f"mapping signal 'token_entropy' is not available for {len(missing)} questions "
+                f"(e.g. {missing[0]!r}): this run's sampler recorded no token entropies"
+            )
+        return np.array([np.mean(token[q.question_id]) for q in kept], dtype=float)
+    field = {"entropy": "entropy", "accuracy": "accuracy", "rejected": "rejected_share"}[signal]
+    return np.array([getattr(q.grade, field) for q in kept], dtype=float)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "min": float("nan"), "max": float("nan")}
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "min": float(a.min()), "max": float(a.max())}

@@ -1,0 +1,177 @@
+"""Child processes for the stages that load model weights.
+
+A stage worker (``python -m east.stages.<stage> SPEC.json``) owns the devices it is given
+(``CUDA_VISIBLE_DEVICES``) and gives them back when it exits: vLLM frees its memory only when
+its engine-core process dies, and PyTorch's caching allocator holds a process's memory until
+then (vLLM issues #1908, #3281, #6544, #18806; vllm/entrypoints/llm.py has no shutdown).
+Data-parallel workers each get a contiguous shard of the prompts and a device group.
+
+Workers read a JSON spec the driver wrote: Hydra stays in the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+class DeviceMemoryError(RuntimeError):
+    """Too little device memory is free for a stage to start."""
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def visible_devices() -> list[str]:
+    """The CUDA devices this process may hand to workers: ``CUDA_VISIBLE_DEVICES``' entries,
+    or every device torch sees; none on a CPU machine."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip()]
+    if not cuda_available():
+        return []
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def device_groups(workers: int, per_worker: int) -> list[str | None]:
+    """``workers`` disjoint groups of ``per_worker`` devices (a ``CUDA_VISIBLE_DEVICES``
+    value each), or None per worker on a CPU machine. Raises when there are too few."""
+    devices = visible_devices()
+    if not devices:
+        return [None] * workers
+    need = workers * per_worker
+    if need > len(devices):
+        raise ValueError(
+            f"{workers} data-parallel worker(s) x {per_worker} device(s) each need {need} devices; "
+            f"{len(devices)} are visible ({','.join(devices)}): lower sampler.data_parallel_size"
+        )
+    return [",".join(devices[i * per_worker : (i + 1) * per_worker]) for i in range(workers)]
+
+
+def shards(n: int, count: int) -> list[range]:
+    """``count`` contiguous, near-equal ranges covering 0..n-1 (empty ones left out)."""
+    count = max(1, min(count, n))
+    base, extra = divmod(n, count)
+    out, start = [], 0
+    for i in range(count):
+        size = base + (i < extra)
+        out.append(range(start, start + size))
+        start += size
+    return [r for r in out if len(r)]
+
+
+def worker_logging() -> None:
+    """A worker's log lines on stderr, in the driver's (Hydra's) format."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
+
+def report_device_memory(stage: str) -> None:
+    """At a worker's end, append its peak device memory to the JSON Lines file named by
+    ``EAST_DEVICE_LOG`` (the GPU check reads it); nothing when unset or without CUDA."""
+    path = os.environ.get("EAST_DEVICE_LOG")
+    if not path:
+        return
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return
+    entry = {
+        "stage": stage,
+        "pid": os.getpid(),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def worker_main(stage: str, run: Any) -> None:
+    """A stage worker's entry point: ``python -m east.stages.<stage> SPEC.json`` runs
+    ``run(spec)`` with the driver's log format, and reports its peak device memory."""
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m east.stages.{stage} SPEC.json")
+    worker_logging()
+    try:
+        run(json.loads(Path(sys.argv[1]).read_text()))
+    finally:
+        report_device_memory(stage)
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=1))
+    return path
+
+
+def run_workers(module: str, specs: list[Path], devices: list[str | None], label: str) -> None:
+    """``python -m MODULE SPEC`` for each spec, concurrently, the i-th on ``devices[i]``;
+    waits for all, and raises naming the first that failed (the others are stopped)."""
+    procs = []
+    for spec, group in zip(specs, devices, strict=True):
+        env = dict(os.environ)
+        if group is not None:
+            env["CUDA_VISIBLE_DEVICES"] = group
+        cmd = [sys.executable, "-m", module, str(spec)]
+        log.info("%s: worker on %s: %s", label, f"CUDA devices {group}" if group else "CPU", " ".join(cmd))
+        procs.append((subprocess.Popen(cmd, env=env), group))
+    failed = None
+    try:
+        while any(p.poll() is None for p, _ in procs) and failed is None:
+            failed = next(((p, g) for p, g in procs if p.poll() not in (None, 0)), None)
+            time.sleep(0.05)
+        failed = failed or next(((p, g) for p, g in procs if p.returncode != 0), None)
+    finally:
+        for p, _ in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p, _ in procs:
+            p.wait()
+    if failed is not None:
+        p, group = failed
+        where = f" on CUDA devices {group}" if group else ""
+        raise RuntimeError(
+            f"{label}: the {module} worker{where} failed (exit {p.returncode}); its output is above"
+        )
+
+
+def checkpoint_bytes(model_path: str) -> int | None:
+    """Bytes of a local checkpoint's weight files (None for a hub id: not measured)."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return None
+    files = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()]
+    return sum(f.stat().st_size for f in files) or None
+
+
+def check_device_memory(required: int | None, what: str) -> None:
+    """Fail in one line, before any weights load, when this process's CUDA device has less
+    than ``required`` bytes free (another process holds the rest). No-op on CPU."""
+    if not required or not cuda_available():
+        return
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    if free < required:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+        raise DeviceMemoryError(
+            f"{what} needs {required / GIB:.1f} GiB of free device memory, but CUDA device {devices} "
+            f"({torch.cuda.get_device_name()}) has {free / GIB:.1f} of {total / GIB:.1f} GiB free: another "
+            "process holds the rest (nvidia-smi shows which). With isolate_stages=false the driver "
+            "itself keeps what earlier stages used: use isolate_stages=true"
+        )

@@ -1,0 +1,222 @@
+"""Stages own their devices in child processes: the same artifacts whether a stage runs in the
+driver, in one worker or in data-parallel workers; vLLM engines only ever in workers, shards
+merged in order; a generate worker's memory bounded by its chunk; device placement and the
+device-memory check."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from east.pipeline import run
+from tests.helpers import SMALL
+from tests.helpers import compose as _compose
+
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+
+
+def _run(cache: Path, out: Path, *overrides: str) -> dict:
+    return run(_compose([*SMALL, f"paths.cache_dir={cache}", f"paths.output_dir={out}", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> Path:
+    """A cache holding the SMALL default's warmed-up base model, copied into each test's cache."""
+    cache = tmp_path_factory.mktemp("warm")
+    _run(cache, cache / "out", "stop_after=shared", "evaluation.only=true", "evaluation.base=false")
+    return cache
+
+
+def _cache_with_base_model(warm: Path, dest: Path) -> Path:
+    shutil.copytree(warm / "base_model", dest / "base_model")
+    return dest
+
+
+def _artifact(cache: Path, result: dict, stage: str, name: str) -> bytes:
+    """A file of the artifact of stage ``stage`` (a label that is also the stage's name)."""
+    return (cache / stage / result["stages"][stage]["key"] / name).read_bytes()
+
+
+def test_isolated_and_data_parallel_stages_give_the_inline_artifacts(warm, tmp_path):
+    """One run inline, one with every weight-loading stage in its own process and sampling and
+    evaluation on 2 data-parallel workers: the same keys, byte-identical samples, grades,
+    records and predictions, the same results.json numbers."""
+    runs = {}
+    for name, extra in {
+        "inline": ["isolate_stages=false"],
+        "isolated": ["isolate_stages=true", "sampler.data_parallel_size=2", "sampler.chunk_prompts=5"],
+    }.items():
+        cache = _cache_with_base_model(warm, tmp_path / name)
+        runs[name] = (cache, _run(cache, tmp_path / name / "out", *extra))
+    (ca, a), (cb, b) = runs["inline"], runs["isolated"]
+    assert {k: v["key"] for k, v in a["stages"].items()} == {k: v["key"] for k, v in b["stages"].items()}
+    assert not b["stages"]["sample"]["cached"] and not b["stages"]["train"]["cached"]
+    for stage, name in [
+        ("sample", "samples.jsonl"),
+        ("grade", "grades.jsonl"),
+        ("build", "records.jsonl"),
+        ("evaluate_base_arith", "predictions.jsonl"),
+        ("evaluate_arith", "predictions.jsonl"),
+    ]:
+        stage_dir = "evaluate" if stage.startswith("evaluate") else stage
+        assert (ca / stage_dir / a["stages"][stage]["key"] / name).read_bytes() == (
+            cb / stage_dir / b["stages"][stage]["key"] / name
+        ).read_bytes(), stage
+    assert a["eval"] == b["eval"] and a["data"] == b["data"]
+    info = {k: v for k, v in b["train"].items() if k != "device"}
+    assert info == {k: v for k, v in a["train"].items() if k != "device"}
+    # The scratch of the workers (prompt shards, specs) is not part of any artifact.
+    for stage in ("sample", "evaluate"):
+        assert not list((cb / stage).glob("*/.work"))
+
+
+def test_shared_phase_then_a_cell(warm, tmp_path):
+    """stop_after=shared builds what the cells of a (model, dataset) share; a cell started
+    after it trains and evaluates the trained model, and reuses everything else."""
+    cache = _cache_with_base_model(warm, tmp_path / "cache")
+    shared = _run(cache, tmp_path / "a", "stop_after=shared")
+    assert shared["phase"] == "shared" and set(shared["stages"]) == {
+        "base_model",
+        "sample",
+        "grade",
+        "evaluate_base_arith",
+    }
+    assert (tmp_path / "a" / "shared.json").exists() and not (tmp_path / "a" / "results.json").exists()
+    cell = _run(cache, tmp_path / "b", "objective=dpo")
+    cached = {k for k, v in cell["stages"].items() if v["cached"]}
+    assert {"base_model", "sample", "grade", "evaluate_base_arith"} <= cached
+    assert not cell["stages"]["train"]["cached"]
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+def test_vllm_engines_live_in_workers_and_shards_merge_in_order(warm, tmp_path, monkeypatch):
+    """sampler=vllm (tests/fakes/vllm) with 2 data-parallel workers: every engine is built in
+    a worker process, never in the driver, even with isolate_stages=false; each sees its own
+    device group; the merged samples are in question order."""
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    cache = _cache_with_base_model(warm, tmp_path / "cache")
+    r = _run(cache, tmp_path / "out", "sampler=vllm", "isolate_stages=false", "sampler.data_parallel_size=2")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    engines = [e for e in events if e["event"] == "engine"]
+    assert engines and all(e["pid"] != os.getpid() for e in engines)
+    # Sampling, base and trained evaluation: 2 workers each, 6 engines in 6 processes.
+    assert len(engines) == len({e["pid"] for e in engines}) == 6
+    assert all(e["logprobs_mode"] == "raw_logprobs" and e["dtype"] == "float32" for e in engines)
+    rows = [json.loads(line) for line in _artifact(cache, r, "sample", "samples.jsonl").decode().splitlines()]
+    from east.config import validate
+    from east.data import load_splits
+
+    c = validate(_compose([*SMALL, f"paths.cache_dir={cache}"]))
+    assert [row["id"] for row in rows] == [p.id for p in load_splits(c.dataset).train]
+    assert all(len(row["responses"]) == c.sampling.n for row in rows)
+    # No mapping read token entropies: no log-probs were asked for.
+    assert all(e["logprobs"] == [None] for e in events if e["event"] == "generate")
+
+
+def test_generate_worker_memory_is_bounded_by_its_chunk(tmp_path, monkeypatch):
+    """With log-probs per token (mapping=local_uncertainty), a generate worker holds one chunk
+    of vLLM's outputs, not the stage's: its peak memory barely grows with 8x the prompts."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    from east.stages import generate
+
+    def peak(prompts: int, chunk_requests: int, chunk_prompts: int = 16) -> int:
+        folder = tmp_path / f"{prompts}-{chunk_requests}"
+        folder.mkdir()
+        with (folder / "prompts.jsonl").open("w") as f:
+            for i in range(prompts):
+                f.write(json.dumps({"token_ids": [1, i % 50, 3], "seeds": [i, i + 1]}) + "\n")
+        spec = {
+            "model_path": "/fake",
+            "dtype": "auto",
+            "sampler": {"_target_": "east.sampling_vllm.VLLMSampler", "chunk_requests": chunk_requests},
+            "params": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32},
+            "prompts": str(folder / "prompts.jsonl"),
+            "token_entropy": True,
+            "out": str(folder / "out.jsonl"),
+            "chunk_prompts": chunk_prompts,
+        }
+        tracemalloc.start()
+        try:
+            generate.run(spec)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(25, 32), peak(200, 32)
+    unchunked = peak(200, 10**6, 10**6)
+    assert large < 1.3 * small  # the output is streamed to disk: what stays is one chunk
+    assert unchunked > 4 * large  # holding every request's log-probs is what the chunks avoid
+    rows = (tmp_path / "200-32" / "out.jsonl").read_text().splitlines()
+    assert len(rows) == 200 and all(len(json.loads(r)["token_entropy"]) == 2 for r in rows)
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_device_groups_and_shards(monkeypatch):
+    from east.stages import launch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,6,7")
+    assert launch.device_groups(2, 2) == ["2,5", "6,7"]
+    assert launch.device_groups(1, 1) == ["2"]  # a one-process stage sees exactly one device
+    with pytest.raises(ValueError, match="need 6 devices; 4 are visible"):
+        launch.device_groups(3, 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.device_groups(2, 1) == [None, None]
+    assert [list(r) for r in launch.shards(5, 2)] == [[0, 1, 2], [3, 4]]
+    assert [list(r) for r in launch.shards(1, 4)] == [[0]]
+
+
+def test_data_parallel_auto_uses_every_device_group(monkeypatch):
+    from east.config import VLLMSamplerConfig
+    from east.stages.driver import data_parallel
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    assert data_parallel(VLLMSamplerConfig(tensor_parallel_size=2), 1000) == (4, 2)
+    assert data_parallel(VLLMSamplerConfig(data_parallel_size=3), 1000) == (3, 1)
+    assert data_parallel(VLLMSamplerConfig(), 2) == (2, 1)  # never more workers than prompts
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert data_parallel(VLLMSamplerConfig(), 1000) == (1, 1)
+
+
+def test_device_memory_check_names_what_is_missing(monkeypatch):
+    import torch
+
+    from east.stages.launch import GIB, DeviceMemoryError, check_device_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (3 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    with pytest.raises(
+        DeviceMemoryError, match=r"needs 72.0 GiB .* CUDA device 4 \(NVIDIA H200\) has 3.0 of 80.0"
+    ):
+        check_device_memory(72 * GIB, "generating with llama")
+    check_device_memory(2 * GIB, "fits")
+
+
+def test_inline_training_with_several_gpus_is_refused(monkeypatch, tmp_path):
+    import torch
+
+    from east.config import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = _compose([f"paths.cache_dir={tmp_path}", "isolate_stages=false"])
+    with pytest.raises(ValueError, match="nn.DataParallel"):
+        validate(cfg)
+    validate(_compose([f"paths.cache_dir={tmp_path}"]))  # auto: isolated, one device a stage

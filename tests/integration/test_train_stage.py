@@ -1,0 +1,105 @@
+"""The train worker's precision and settings: the policy always trains in fp32 (master
+weights; on a GPU under bf16 / fp16 autocast) and is saved in the model's dtype; gradient
+checkpointing follows the config on a CPU too; train_info.json records all of it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from east.cache import write_jsonl
+from east.stages.train import _trainer_args, precision, train_from_spec
+from tests.conftest import assistant, prompt
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+def _spec(tmp_path, tiny_dir, name, **overrides):
+    rows = [
+        {"prompt": prompt(a, 2), "completion": assistant(f"\\boxed{{{a + 2}}}"), "weight": w}
+        for a, w in zip(range(8), [0.5, 1.5] * 4)
+    ]
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    settings = {
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 1,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "gradient_checkpointing": False,
+        **overrides.pop("settings", {}),
+    }
+    return {
+        "objective": "sft",
+        "base_path": str(tiny_dir),
+        "out_dir": str(tmp_path / name),
+        "work_dir": str(tmp_path / f"{name}-work"),
+        "records": str(tmp_path / "records.jsonl"),
+        "settings": settings,
+        "seed": 0,
+        "chat_template": None,
+        "dtype": "float32",
+        "report_to": [],
+        **overrides,
+    }
+
+
+def _info(spec):
+    return json.loads((Path(spec["out_dir"]) / "train_info.json").read_text())
+
+
+def test_the_policy_trains_in_fp32_and_is_saved_in_the_model_dtype(tmp_path, tiny_dir):
+    spec = _spec(tmp_path, tiny_dir, "bf16", dtype="bfloat16")
+    train_from_spec(spec)
+    info = _info(spec)
+    assert info["param_dtype"] == "float32"  # master weights, whatever the model's dtype
+    assert info["saved_dtype"] == "bfloat16" and info["mixed_precision"] == "no"  # a CPU: no autocast
+    saved = load_file(str(tmp_path / "bf16" / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in saved.values())
+    # The same updates as a float32 run, rounded to bf16 once at the end (not every step).
+    reference = _spec(tmp_path, tiny_dir, "fp32")
+    train_from_spec(reference)
+    full = load_file(str(tmp_path / "fp32" / "model" / "model.safetensors"))
+    for name, w in full.items():
+        assert torch.equal(saved[name], w.to(torch.bfloat16)), name
+
+
+def test_precision_follows_the_model_dtype_on_a_gpu(monkeypatch):
+    assert precision("bfloat16", cuda=True) == "bf16"
+    assert precision("bf16", cuda=True) == "bf16"
+    assert precision("float16", cuda=True) == "fp16"  # autocast with a loss scaler
+    assert precision("float32", cuda=True) == "no"
+    assert precision("bfloat16", cuda=False) == "no"  # CPUs train in fp32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert precision("auto", cuda=True) == "bf16"
+
+
+def test_trainer_arguments_carry_the_precision_and_checkpoints(tmp_path):
+    from trl import SFTConfig
+
+    args = _trainer_args(SFTConfig, tmp_path, {"save_steps": 7, "learning_rate": 1e-3}, 3, [], "bf16", False)
+    assert args.bf16 and not args.fp16 and args.seed == args.data_seed == 3
+    assert args.save_strategy == "steps" and args.save_steps == 7 and args.save_total_limit == 1
+    assert args.output_dir == str(tmp_path)
+    none = _trainer_args(SFTConfig, tmp_path, {}, 0, [], "no", False)
+    assert none.save_strategy == "no" and not none.bf16
+
+
+def test_gradient_checkpointing_follows_the_config_on_a_cpu(tmp_path, tiny_dir):
+    on = _spec(tmp_path, tiny_dir, "gc", settings={"gradient_checkpointing": True})
+    off = _spec(tmp_path, tiny_dir, "nogc")
+    train_from_spec(on)
+    train_from_spec(off)
+    assert _info(on)["gradient_checkpointing"] is True and _info(off)["gradient_checkpointing"] is False
+    a = load_file(str(tmp_path / "gc" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "nogc" / "model" / "model.safetensors"))
+    moved = max(
+        (b[k] - w).abs().max().item() for k, w in load_file(str(tiny_dir / "model.safetensors")).items()
+    )
+    assert moved > 0
+    for name in a:  # recomputed activations: the same gradients
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
