@@ -29,6 +29,13 @@ def main(cfg: DictConfig) -> float | None:
             return None
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        from east.stages.driver import current_stage
+
+        stage = current_stage()
+        where = f" in stage {stage}" if stage else ""
+        print(f"interrupted{where}; rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if record_failure(cfg, e):  # a sweep goes on; its report lists this cell as failed
             return None

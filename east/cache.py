@@ -51,19 +51,29 @@ class StageResult:
         return {"cached": self.cached, "seconds": round(self.seconds, 3), "key": self.key}
 
 
-def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
-    payload = json.dumps(
-        {"stage": stage, "config": config, "inputs": inputs, "version": CACHE_VERSION},
-        sort_keys=True,
-        default=str,
+def key_payload(stage: str, config: Any, inputs: list[str]) -> dict[str, Any]:
+    """What a stage's key hashes; its artifact's ``stage.json`` holds it, so that a folder can
+    prove it stands for its key."""
+    return json.loads(
+        json.dumps(
+            {"stage": stage, "config": config, "inputs": inputs, "version": CACHE_VERSION}, default=str
+        )
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def stage_key(stage: str, config: Any, inputs: list[str]) -> str:
+    return _digest(key_payload(stage, config, inputs))
 
 
 class StageCache:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, lock_timeout_s: float | None = None):
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.lock_timeout_s = lock_timeout_s
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -76,33 +86,27 @@ class StageCache:
 
     def run(self, stage: str, config: Any, inputs: list[str], build: Callable[[Path], None]) -> StageResult:
         """Return the artifact of ``stage`` for this config and inputs, building it if absent
-        (or if it no longer matches its manifest).
+        (or if what stands at its path is not a verified artifact of this key).
 
         ``build(tmp_dir)`` writes the artifact's files into ``tmp_dir``.
         """
         key = stage_key(stage, config, inputs)
         final = self.path(stage, key)
         start = time.perf_counter()
-        if final.is_dir() and verify_artifact(final) is None:
+        if usable(final, stage, key) is None:
             log.info("stage %s: cached (%s)", stage, key)
             return StageResult(stage, key, final, True, time.perf_counter() - start)
         final.parent.mkdir(parents=True, exist_ok=True)
         # One builder per key: cells of a sweep (a SLURM array on a shared cache) that need
         # the same artifact wait for whichever started first, then read what it wrote.
-        with _key_lock(self._lock_path(stage, key), stage, key):
+        with _key_lock(self._lock_path(stage, key), stage, key, self.lock_timeout_s):
             self._remove_stale_tmp(final.parent, key)
-            if final.is_dir():
-                problem = verify_artifact(final)
-                if problem is None:
-                    log.info("stage %s: built by another process meanwhile (%s)", stage, key)
-                    return StageResult(stage, key, final, True, time.perf_counter() - start)
-                log.warning(
-                    "stage %s (key %s) at %s does not match its manifest: %s; rebuilding it",
-                    stage,
-                    key,
-                    final,
-                    problem,
-                )
+            problem = usable(final, stage, key)
+            if problem is None:
+                log.info("stage %s: built by another process meanwhile (%s)", stage, key)
+                return StageResult(stage, key, final, True, time.perf_counter() - start)
+            if problem != ABSENT:
+                log.warning("stage %s (key %s) at %s: %s; set aside and rebuilt", stage, key, final, problem)
                 self._discard(final)
             return self._build(stage, config, inputs, key, final, build, start)
 
@@ -113,9 +117,14 @@ class StageCache:
 
     @staticmethod
     def _discard(folder: Path) -> None:
+        """Move what stands at an artifact's path out of every reader's way at once, then
+        delete it (a folder, a plain file, or a symbolic link, itself and not its target)."""
         aside = folder.parent / f".bad-{folder.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(folder, aside)  # out of every reader's way at once, then deleted
-        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(folder, aside)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
 
     @staticmethod
     def _remove_stale_tmp(parent: Path, key: str) -> None:
@@ -144,7 +153,10 @@ class StageCache:
                 finally:
                     fcntl.flock(f, fcntl.LOCK_UN)
         for bad in self.root.glob("*/.bad-*"):  # set aside by a reader that died deleting it
-            shutil.rmtree(bad, ignore_errors=True)
+            if bad.is_dir() and not bad.is_symlink():
+                shutil.rmtree(bad, ignore_errors=True)
+            else:
+                bad.unlink(missing_ok=True)
         if removed:
             log.info("removed %d temporary folder(s) left by killed runs", removed)
         return removed
@@ -163,12 +175,7 @@ class StageCache:
         tmp.mkdir()
         try:
             (tmp / "stage.json").write_text(
-                json.dumps(
-                    {"stage": stage, "config": config, "inputs": inputs},
-                    indent=1,
-                    sort_keys=True,
-                    default=str,
-                )
+                json.dumps(key_payload(stage, config, inputs), indent=1, sort_keys=True, default=str)
             )
             build(tmp)
             write_manifest(tmp)  # last: an artifact without one was never finished
@@ -208,6 +215,33 @@ def write_manifest(folder: Path) -> None:
             entry["rows"] = _rows(path)
         files[path.relative_to(folder).as_posix()] = entry
     (folder / MANIFEST).write_text(json.dumps({"version": CACHE_VERSION, "files": files}, indent=1))
+
+
+#: ``usable``'s word for a path where nothing stands.
+ABSENT = "absent"
+
+
+def usable(final: Path, stage: str, key: str) -> str | None:
+    """None when ``final`` is a verified artifact of ``stage`` and ``key``; else what is
+    wrong (``ABSENT`` when nothing is there). A symbolic link, a plain file, a folder whose
+    ``stage.json`` stands for another key, or one that no longer matches its manifest is
+    not used."""
+    if not os.path.lexists(final):
+        return ABSENT
+    if final.is_symlink():
+        return f"it is a symbolic link (to {os.readlink(final)}), not an artifact folder of its own"
+    if not final.is_dir():
+        return "it is a plain file, not an artifact folder"
+    problem = verify_artifact(final)
+    if problem is not None:
+        return f"it does not match its manifest: {problem}"
+    try:
+        payload = json.loads((final / "stage.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"its stage.json is unreadable ({e})"
+    if payload.get("stage") != stage or _digest(payload) != key:
+        return f"its stage.json is that of another key ({payload.get('stage')} {_digest(payload)})"
+    return None
 
 
 def verify_artifact(folder: Path) -> str | None:
@@ -257,18 +291,76 @@ def _flock(f: Any, flags: int, path: Path) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _key_lock(path: Path, stage: str, key: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (local filesystems, NFSv4, Lustre with ``-o flock``):
-    held by the process building the artifact, released when it finishes or dies."""
-    import fcntl
+class LockTimeout(RuntimeError):
+    """Waited longer than ``paths.lock_timeout_s`` for another process's build."""
 
-    with path.open("a") as f:
+
+def _holder(path: Path) -> str:
+    """Who holds a key's lock, from what it wrote there: pid, host and, on this host, its
+    state (a stopped process holds its lock until it is continued or killed)."""
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    pid, host = info.get("pid"), info.get("host")
+    if pid is None:
+        return "another process"
+    import socket
+
+    state = ""
+    if host == socket.gethostname():
+        try:
+            code = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = {"T": ", stopped", "t": ", stopped (traced)", "Z": ", a zombie", "D": ", in I/O"}.get(
+                code, ""
+            )
+        except (OSError, IndexError):
+            state = ", no longer running"
+    return f"pid {pid} on {host}{state}"
+
+
+@contextlib.contextmanager
+def _key_lock(path: Path, stage: str, key: str, timeout_s: float | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (local filesystems, NFSv4, Lustre with ``-o flock``):
+    held by the process building the artifact, released when it finishes or dies. The holder
+    writes its pid and host into the file; a waiter names it in the log every minute, and
+    gives up after ``timeout_s`` (None: never)."""
+    import fcntl
+    import socket
+
+    with path.open("a+") as f:
         try:
             _flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
         except BlockingIOError:
-            log.info("stage %s: another process is building %s; waiting for it", stage, key)
-            _flock(f, fcntl.LOCK_EX, path)
+            start = last = time.monotonic()
+            log.info("stage %s: %s is building %s; waiting for it", stage, _holder(path), key)
+            while True:
+                time.sleep(0.2)
+                try:
+                    _flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+                    break
+                except BlockingIOError:
+                    pass
+                now = time.monotonic()
+                if timeout_s is not None and now - start > timeout_s:
+                    raise LockTimeout(
+                        f"stage {stage} ({key}): waited {now - start:.0f}s for {_holder(path)} building it "
+                        f"(paths.lock_timeout_s={timeout_s:g}); if that process is stopped or hung, end "
+                        "it and rerun the same command"
+                    ) from None
+                if now - last >= 60:
+                    last = now
+                    log.warning(
+                        "stage %s: still waiting (%.0fs) for %s building %s",
+                        stage,
+                        now - start,
+                        _holder(path),
+                        key,
+                    )
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        f.flush()
         try:
             yield
         finally:

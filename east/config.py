@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +47,20 @@ _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: Upper bounds of the tiny model's sizes (a CPU model; far beyond: no run finishes).
+TINY_LIMITS = {
+    "hidden_size": 8192,
+    "num_layers": 128,
+    "num_heads": 256,
+    "intermediate_size": 65536,
+    "warmup_steps": 10_000_000,
+    "warmup_batch_size": 65536,
+}
+#: |east.sharpness| at most this: beyond it the raw weights overflow float64 for entropies of
+#: up to 10,000 samples (the paper sweeps -3 to 3).
+MAX_SHARPNESS = 20.0
+
+
 @dataclass
 class TinyModelConfig:
     """``model.tiny``: the embedded LLaMA's shape and its supervised warm-up (its "pretraining")."""
@@ -63,18 +76,13 @@ class TinyModelConfig:
     warmup_lr: float = 3e-3
 
     def __post_init__(self) -> None:
-        for key in (
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "intermediate_size",
-            "vocab_size",
-            "warmup_steps",
-            "warmup_batch_size",
-        ):
-            check_int(f"model.tiny.{key}", getattr(self, key), 1)
+        for key, high in TINY_LIMITS.items():
+            check_int(f"model.tiny.{key}", getattr(self, key), 1, high)
+        # The byte-level BPE starts from 256 byte tokens and 3 special ones: fewer is not a
+        # vocabulary it can build (it would silently keep 259).
+        check_int("model.tiny.vocab_size", self.vocab_size, 259, 1 << 20)
         check_int("model.tiny.seed", self.seed, 0, MAX_SEED)
-        check_real("model.tiny.warmup_lr", self.warmup_lr, 0.0, open_low=True)
+        check_real("model.tiny.warmup_lr", self.warmup_lr, 1e-12, 1.0)
         if self.hidden_size % self.num_heads:
             fail("model.tiny.num_heads", self.num_heads, "must divide model.tiny.hidden_size")
 
@@ -127,8 +135,8 @@ class ObjectiveConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_int("objective.sft_k", self.sft_k, 1)
-        check_int("objective.global_batch_size", self.global_batch_size, 1)
+        check_int("objective.sft_k", self.sft_k, 1, 10_000)
+        check_int("objective.global_batch_size", self.global_batch_size, 1, 1 << 20)
 
 
 @dataclass
@@ -140,12 +148,12 @@ class EastConfig:
         from east.weighting import MAPPINGS
 
         check_choice("east.mapping", self.mapping, sorted(MAPPINGS))
-        check_real("east.sharpness", self.sharpness, -math.inf)
+        check_real("east.sharpness", self.sharpness, -MAX_SHARPNESS, MAX_SHARPNESS)
 
 
 def _check_data_parallel(value: Any) -> None:
     if value != "auto":
-        check_int("sampler.data_parallel_size", value, 1)
+        check_int("sampler.data_parallel_size", value, 1, 1024)
 
 
 @dataclass
@@ -160,9 +168,9 @@ class HFSamplerConfig:
     chunk_prompts: int = 1024  # prompts per generate call; each chunk is written as it returns
 
     def __post_init__(self) -> None:
-        check_int("sampler.batch_size", self.batch_size, 1)
+        check_int("sampler.batch_size", self.batch_size, 1, 1 << 20)
         _check_data_parallel(self.data_parallel_size)
-        check_int("sampler.chunk_prompts", self.chunk_prompts, 1)
+        check_int("sampler.chunk_prompts", self.chunk_prompts, 1, 1 << 24)
 
 
 @dataclass
@@ -180,13 +188,13 @@ class VLLMSamplerConfig:
     chunk_prompts: int = 1024
 
     def __post_init__(self) -> None:
-        check_int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1)
-        check_real("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0, open_low=True)
-        check_int("sampler.entropy_top_k", self.entropy_top_k, 0)
-        check_int("sampler.max_model_len", self.max_model_len, 1, optional=True)
-        check_int("sampler.chunk_requests", self.chunk_requests, 1)
+        check_int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1, 1024)
+        check_real("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.01, 1.0)
+        check_int("sampler.entropy_top_k", self.entropy_top_k, 0, 1000)
+        check_int("sampler.max_model_len", self.max_model_len, 1, 1 << 22, optional=True)
+        check_int("sampler.chunk_requests", self.chunk_requests, 1, 1 << 24)
         _check_data_parallel(self.data_parallel_size)
-        check_int("sampler.chunk_prompts", self.chunk_prompts, 1)
+        check_int("sampler.chunk_prompts", self.chunk_prompts, 1, 1 << 24)
 
 
 #: The schema of each shipped sampler backend, by its ``_target_`` (another target is a
@@ -205,8 +213,8 @@ class EvaluationConfig:
     pass_k: list[int] = field(default_factory=lambda: [1])  # k values for pass@k (each <= samples)
 
     def __post_init__(self) -> None:
-        check_int("evaluation.max_new_tokens", self.max_new_tokens, 1)
-        check_int("evaluation.samples", self.samples, 0)
+        check_int("evaluation.max_new_tokens", self.max_new_tokens, 1, 1 << 20)
+        check_int("evaluation.samples", self.samples, 0, 10_000)
         if (
             self.samples
             and not unset(self.samples)
@@ -232,8 +240,10 @@ class GradingConfig:
     fallback: Fallback = Fallback.last_number
 
     def __post_init__(self) -> None:
-        check_int("grading.processes", self.processes, 1)
-        check_real("grading.timeout_s", self.timeout_s, 0.0, open_low=True)
+        check_int("grading.processes", self.processes, 1, 1024)
+        # Below 10 ms every parse is cut; above an hour the timer itself overflows nothing but
+        # patience (and 1e300 overflowed setitimer).
+        check_real("grading.timeout_s", self.timeout_s, 0.01, 3600.0)
 
 
 @dataclass
@@ -243,7 +253,7 @@ class DistributedConfig:
     launch_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_int("distributed.num_processes", self.num_processes, 1)
+        check_int("distributed.num_processes", self.num_processes, 1, 4096)
         if self.accelerate_config and not self.accelerate_config_path().is_file():
             fail(
                 "distributed.accelerate_config",
@@ -262,6 +272,22 @@ class PathsConfig:
     output_dir: str = MISSING
     # A folder holding gsm8k/ and math/ ({split}.jsonl): datasets load from it instead of the hub.
     data_dir: str | None = None
+    # Seconds to wait for another process building a stage this run needs (null: as long as
+    # it takes; the wait is logged with the holder's pid every minute).
+    lock_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("cache_dir", "output_dir"):
+            value = getattr(self, key)
+            if not unset(value) and (value is None or not str(value).strip()):
+                fail(
+                    f"paths.{key}",
+                    value,
+                    "must name a folder (an empty value, e.g. from an empty EAST_CACHE_DIR, would "
+                    "write into the current folder)",
+                )
+        if self.lock_timeout_s is not None:
+            check_real("paths.lock_timeout_s", self.lock_timeout_s, 0.0, 1e7, open_low=True)
 
 
 @dataclass
@@ -273,9 +299,9 @@ class ResourcesConfig:
     mem_gb_per_gpu: int = 64
 
     def __post_init__(self) -> None:
-        check_int("resources.gpus", self.gpus, 1, optional=True)
-        check_int("resources.cpus_per_gpu", self.cpus_per_gpu, 1)
-        check_int("resources.mem_gb_per_gpu", self.mem_gb_per_gpu, 1)
+        check_int("resources.gpus", self.gpus, 1, 1024, optional=True)
+        check_int("resources.cpus_per_gpu", self.cpus_per_gpu, 1, 1024)
+        check_int("resources.mem_gb_per_gpu", self.mem_gb_per_gpu, 1, 8192)
 
 
 #: ``stop_after``: where a run stops early. ``shared``: after the stages a sweep's cells
@@ -310,7 +336,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, MAX_SEED)
-        check_int("rounds", self.rounds, 1)
+        check_int("rounds", self.rounds, 1, 100)
         if not unset(self.isolate_stages) and self.isolate_stages not in ("auto", True, False):
             fail("isolate_stages", self.isolate_stages, "allowed: auto, true, false")
         check_choice("stop_after", self.stop_after, STOP_AFTER)
@@ -343,13 +369,18 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = ()) -> Config:
     ``command_line``: the job's overrides; an ``objective.trainer.KEY`` among them wins over
     the model's ``trainer_overrides`` (see :func:`apply_command_line_precedence`)."""
     if isinstance(cfg, DictConfig):
-        unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=True))
-        if unknown:
-            raise ConfigError(
-                f"unknown config key(s): {', '.join(unknown)}. A '+' override adds keys that the schema "
-                "(east/config.py) does not have, and nothing would read them"
-            )
-        c = OmegaConf.to_object(cfg)
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=True))
+            if unknown:
+                raise ConfigError(
+                    f"unknown config key(s): {', '.join(unknown)}. A '+' override adds keys that the "
+                    "schema (east/config.py) does not have, and nothing would read them"
+                )
+            c = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as e:  # ${oc.env:UNSET}, seed=${seed}, a wrong type
+            raise ConfigError(f"invalid config: {omegaconf_message(e)}") from None
     else:
         c = cfg
     c.sampler = sampler_config(c.sampler)
@@ -386,6 +417,13 @@ def _check_placement(c: Config) -> None:
             "nn.DataParallel over all of them (a larger batch than configured); keep isolate_stages=auto "
             "(each stage sees the devices it needs) or set CUDA_VISIBLE_DEVICES to one device",
         )
+
+
+def omegaconf_message(error: Exception) -> str:
+    """OmegaConf's error in one line: its first line, and the key it names."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {text}" if key and key not in text else text
 
 
 def sampler_config(node: Any) -> Any:
@@ -508,6 +546,28 @@ def apply_command_line_precedence(c: Config, overrides: list[str]) -> list[str]:
     return moved
 
 
+#: Ranges of the TRL settings a run may set, checked before any stage: key -> (type, low,
+#: high, null allowed, low excluded). Outside them a value fails late (max_length 0) or trains
+#: nothing sane (a learning rate above 1).
+TRAINER_RANGES: dict[str, tuple[type, float, float, bool, bool]] = {
+    # Below 1e-12 an update vanishes even in fp32: the "trained" model would be the base.
+    "learning_rate": (float, 1e-12, 1.0, False, False),
+    "num_train_epochs": (float, 0.0, 10_000.0, False, True),
+    "per_device_train_batch_size": (int, 1, 1 << 16, False, False),
+    "per_device_eval_batch_size": (int, 1, 1 << 16, False, False),
+    "max_length": (int, 1, 1 << 20, True, False),
+    "max_prompt_length": (int, 1, 1 << 20, True, False),
+    "max_steps": (int, -1, 10**9, False, False),
+    "save_steps": (int, 0, 10**9, False, False),
+    "logging_steps": (float, 0.0, 10**9, False, True),
+    "warmup_steps": (float, 0.0, 10**9, False, False),
+    "weight_decay": (float, 0.0, 1.0, False, False),
+    "max_grad_norm": (float, 0.0, 1e6, False, False),
+    "beta": (float, 0.0, 1e6, False, True),
+    "adam_epsilon": (float, 0.0, 1.0, False, True),
+}
+
+
 def _check_trainer_settings(c: Config) -> None:
     from east.training import TRAINERS
 
@@ -540,10 +600,15 @@ def _check_trainer_settings(c: Config) -> None:
             expected = _type_of(config_cls, fields[key])
             if expected is not None and not _type_ok(value, expected):
                 fail(f"{where}.{key}", value, f"{config_cls.__name__}.{key} takes {_type_name(expected)}")
-            if key in ("learning_rate", "num_train_epochs"):
-                check_real(f"{where}.{key}", value, 0.0, open_low=True)
-            elif key == "per_device_train_batch_size":
-                check_int(f"{where}.{key}", value, 1)
+            rule = TRAINER_RANGES.get(key)
+            if rule is not None and not (value is None and rule[3]):
+                kind, low, high, _, open_low = rule
+                if kind is int:
+                    check_int(f"{where}.{key}", value, low, high)
+                else:
+                    check_real(f"{where}.{key}", value, low, high, open_low=open_low)
+            if key == "max_steps" and value == 0:
+                fail(f"{where}.{key}", value, "must be -1 (epochs decide) or at least 1")
 
 
 def _type_of(cls: Any, f: Any) -> Any:

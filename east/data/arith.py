@@ -50,10 +50,10 @@ class ArithConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        check_int("dataset.arith.steps", self.steps, 1)
-        check_int("dataset.arith.max_number", self.max_number, 2)
+        check_int("dataset.arith.steps", self.steps, 1, 20)
+        check_int("dataset.arith.max_number", self.max_number, 2, 1_000_000)
         for name in ("warmup_size", "train_size", "test_size"):
-            check_int(f"dataset.arith.{name}", getattr(self, name), 1)
+            check_int(f"dataset.arith.{name}", getattr(self, name), 1, 1_000_000)
         check_int("dataset.arith.seed", self.seed, 0, MAX_SEED)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -74,12 +75,16 @@ class DatasetConfig:
     max_train: int | None = None
     max_test: int | None = None
     on_bad_row: OnBadRow = OnBadRow.error
+    # A longer question is a bad row (refused or counted): GSM8K's and MATH's longest are
+    # under 5,000 characters, and a 20 MB one would allocate gigabytes in tokenization.
+    max_question_chars: int = 20_000
     arith: ArithConfig | None = None  # the embedded task (name: arith), generated, no files
 
     def __post_init__(self) -> None:
         check_choice("dataset.gold_format", self.gold_format, GOLD_FORMATS)
         check_int("dataset.max_train", self.max_train, 1, optional=True)
         check_int("dataset.max_test", self.max_test, 1, optional=True)
+        check_int("dataset.max_question_chars", self.max_question_chars, 1, 10_000_000)
         for name, override in (self.tests or {}).items():
             unknown = sorted(set(override or {}) - _TEST_KEYS)
             if unknown:
@@ -132,6 +137,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; expected a .jsonl file (or a folder holding {{split}}.jsonl)")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end
+        raise DataError(f"{path}: not a regular file (a pipe, socket or device); expected a .jsonl file")
     empty = True
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -178,8 +185,13 @@ def _rows(
         yield f"{spec.hub_id}[{split}]", i + 1, dict(record)
 
 
+#: Characters that print nothing (zero-width spaces and joiners, word joiner, BOM, soft
+#: hyphen): a field of only these and white space is empty.
+_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
 def _text(record: dict[str, Any], key: str, what: str) -> str:
-    """A field that must hold text (or a number, for answers)."""
+    """A field that must hold text (or a finite number, for answers)."""
     if key not in record:
         raise RowError(f"missing field {key!r}", f"have: {', '.join(sorted(record))}")
     value = record[key]
@@ -187,10 +199,29 @@ def _text(record: dict[str, Any], key: str, what: str) -> str:
         raise RowError(
             f"{what} field {key!r} is not text", f"got {type(value).__name__}: {str(value)[:60]!r}"
         )
+    if isinstance(value, float) and not math.isfinite(value):  # JSON NaN, Infinity, 1e999
+        raise RowError(f"{what} field {key!r} is not a finite number", f"got {value!r}")
     text = str(value).strip()
-    if not text:
-        raise RowError(f"{what} field {key!r} is empty")
+    if not text.strip(_INVISIBLE + " \t\n\r\f\v"):
+        raise RowError(f"{what} field {key!r} is empty", f"got {text[:20]!r}" if text else "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud800" in JSON: a lone surrogate no tokenizer can read
+        raise RowError(
+            f"{what} field {key!r} is not valid Unicode", f"{e.reason} at character {e.start}"
+        ) from None
     return text
+
+
+def _finite_gold(gold: str) -> str:
+    """A gold answer that a number parser reads as NaN or infinite is no answer."""
+    try:
+        number = float(gold)
+    except ValueError:
+        return gold
+    if not math.isfinite(number):
+        raise RowError("gold answer is not a finite number", f"got {gold[:60]!r}")
+    return gold
 
 
 def _gold(spec: DatasetConfig, record: dict[str, Any]) -> str:
@@ -236,7 +267,12 @@ def load_problems(
             if isinstance(record, RowError):
                 raise record
             question = _text(record, spec.question_field, "question")
-            gold = _gold(spec, record)
+            if len(question) > spec.max_question_chars:
+                raise RowError(
+                    "question too long",
+                    f"{len(question):,} characters > dataset.max_question_chars={spec.max_question_chars:,}",
+                )
+            gold = _finite_gold(_gold(spec, record))
             solution = record.get(spec.solution_field) if spec.solution_field else None
             pid = _row_id(spec, name, split, record, lineno)
             if pid in seen:

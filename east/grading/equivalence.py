@@ -36,10 +36,16 @@ from east.grading.extract import _numbers_equal, _percent_equal, _plain_number, 
 
 __all__ = ["DEFAULT_TIMEOUT_S", "GradingTimeout", "ParseStore", "answers_equal", "parse_store"]
 
-#: Answers longer than this are never parsed (they compare by string only).
-MAX_PARSE_CHARS = 400
+#: Answers longer than this are never parsed: compared by string only, and counted as cut
+#: (the time bound protects everything shorter).
+MAX_PARSE_CHARS = 10_000
 #: Default wall-clock bound, in seconds, for one parse or one comparison.
 DEFAULT_TIMEOUT_S = 1.0
+#: A parse or comparison cut by its bound is tried once more with this many times the bound
+#: before it counts as cut: a load spike, or whether a parse store already held the answer,
+#: then changes no grade; only answers cut twice (or too large to evaluate) depend on the
+#: machine.
+RETRY_FACTOR = 4
 
 
 @lru_cache(maxsize=1)
@@ -79,15 +85,16 @@ class GradingTimeout(BaseException):
 
 class _Watch:
     """Where a supervisor (east.grading.pool) watches the bounded operation in progress:
-    a shared-memory start time and a description of the operation, so that it can kill a
-    worker stuck in C code (big integers) that no signal interrupts, and knows what to
-    mark as timed out in the worker it starts instead."""
+    a shared-memory start time, its bound and a description of the operation, so that it can
+    kill a worker stuck in C code (big integers) that no signal interrupts, and knows what to
+    retry or mark as timed out in the worker it starts instead."""
 
-    def __init__(self, since: Any, op: Any):
-        self.since, self.op = since, op
+    def __init__(self, since: Any, op: Any, limit: Any):
+        self.since, self.op, self.limit = since, op, limit
 
-    def begin(self, op: tuple[str, ...]) -> None:
+    def begin(self, op: tuple[str, ...], seconds: float) -> None:
         self.op.value = json.dumps(op).encode()[: len(self.op) - 1]
+        self.limit.value = seconds
         self.since.value = time.monotonic()
 
     def end(self) -> None:
@@ -112,7 +119,7 @@ def _time_limit(seconds: float, op: tuple[str, ...]) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGALRM, _raise)
     if _WATCH is not None:
-        _WATCH.begin(op)
+        _WATCH.begin(op, seconds)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
@@ -130,17 +137,23 @@ def _time_limit(seconds: float, op: tuple[str, ...]) -> Iterator[None]:
 #: supervisor seeds both with what it killed workers for (:func:`mark_timed_out`).
 _CUT_PARSES: set[str] = set()
 _CUT_PAIRS: set[frozenset[str]] = set()
+#: Operations a supervisor killed once at the first bound: tried at the retry bound only.
+_SLOW: set[tuple[str, ...]] = set()
 #: Cut comparisons per string: a string that has cut this many is parsed no more.
 _STRIKES: dict[str, int] = {}
 MAX_STRIKES = 2
 
 
-def mark_timed_out(parses: Iterable[str] = (), pairs: Iterable[Iterable[str]] = ()) -> None:
-    """Record operations that ran out of time elsewhere (a killed worker): they are not tried
-    again here, and every answer they touch is counted as timed out."""
+def mark_timed_out(
+    parses: Iterable[str] = (), pairs: Iterable[Iterable[str]] = (), slow: Iterable[Iterable[str]] = ()
+) -> None:
+    """Record operations that ran out of time elsewhere (a killed worker): cut ones are not
+    tried again here, and every answer they touch is counted as timed out; ``slow`` ones were
+    killed once and get the retry bound at once."""
     _CUT_PARSES.update(parses)
     for pair in pairs:
         _CUT_PAIRS.add(frozenset(pair))
+    _SLOW.update(tuple(op) for op in slow)
 
 
 def forget_timeouts() -> None:
@@ -148,6 +161,20 @@ def forget_timeouts() -> None:
     _CUT_PARSES.clear()
     _CUT_PAIRS.clear()
     _STRIKES.clear()
+    _SLOW.clear()
+
+
+def _bounded(op: tuple[str, ...], timeout_s: float, fn: Any) -> Any:
+    """``fn()`` under ``timeout_s``, and once more under ``RETRY_FACTOR`` times it when the
+    first bound cuts it; raises :class:`GradingTimeout` when both do."""
+    budgets = (timeout_s * RETRY_FACTOR,) if op in _SLOW else (timeout_s, timeout_s * RETRY_FACTOR)
+    for budget in budgets:
+        try:
+            with _time_limit(budget, op):
+                return fn()
+        except GradingTimeout:
+            continue
+    raise GradingTimeout
 
 
 def _cut_pair(a: _Parsed, b: _Parsed) -> None:
@@ -262,32 +289,15 @@ class _Parsed:
             return []  # cut once: compared by string only from then on
         if self.expr is None:
             self.expr = []
-            if self.norm and len(self.norm) <= MAX_PARSE_CHARS:
+            if len(self.norm) > MAX_PARSE_CHARS:
+                _CUT_PARSES.add(self.norm)  # too long to parse: by string only, counted as cut
+                return self.expr
+            if self.norm:
                 if _STORE is not None and _STORE.restore(self):
                     return self.expr
                 configure_math_verify()  # imports math-verify and sympy outside the bound
                 try:
-                    with _time_limit(timeout_s, ("parse", self.norm)):
-                        # As inline math first (math-verify reads "18%" and units there), then
-                        # boxed (it reads "\\frac{24}{5}." there): the answer is whichever parses.
-                        # math-verify's parse is [expression, matched string]; verify compares
-                        # both, so both are kept (the string equates "05:00" with "05:00 cm").
-                        # Where neither wrapping yields an expression, math-verify compares the
-                        # matched strings ("\\sin^2 t" and "\\sin^2 t cm" both match "\\sin^2").
-                        strings: list = []
-                        for wrapped in ("$" + self.norm + "$", "\\boxed{" + self.norm + "}"):
-                            parsed = _mv_parse(
-                                wrapped,
-                                extraction_config=configure_math_verify()[2],
-                                parsing_timeout=None,
-                                fallback_mode="first_match",
-                            )
-                            if any(not isinstance(e, str) for e in parsed):
-                                self.expr = list(parsed)
-                                break
-                            strings = strings or list(parsed)
-                        else:
-                            self.expr = strings
+                    self.expr = _bounded(("parse", self.norm), timeout_s, self._parse_once)
                 except GradingTimeout:
                     _CUT_PARSES.add(self.norm)
                     self.expr = []
@@ -304,6 +314,26 @@ class _Parsed:
                 if _STORE is not None:
                     _STORE.add(self)  # a timed-out parse depends on the bound: never stored
         return self.expr
+
+    def _parse_once(self) -> list:
+        # As inline math first (math-verify reads "18%" and units there), then boxed (it reads
+        # "\\frac{24}{5}." there): the answer is whichever parses. math-verify's parse is
+        # [expression, matched string]; verify compares both, so both are kept (the string
+        # equates "05:00" with "05:00 cm"). Where neither wrapping yields an expression,
+        # math-verify compares the matched strings ("\\sin^2 t" and "\\sin^2 t cm" both
+        # match "\\sin^2").
+        strings: list = []
+        for wrapped in ("$" + self.norm + "$", "\\boxed{" + self.norm + "}"):
+            parsed = _mv_parse(
+                wrapped,
+                extraction_config=configure_math_verify()[2],
+                parsing_timeout=None,
+                fallback_mode="first_match",
+            )
+            if any(not isinstance(e, str) for e in parsed):
+                return list(parsed)
+            strings = strings or list(parsed)
+        return strings
 
     def _probe(self, timeout_s: float) -> bool:
         """Facts used only to skip ``verify`` where its answer is certain: expressions that
@@ -325,8 +355,9 @@ class _Parsed:
         elif isinstance(first, sympy.Expr):
             self.scalar = True
             try:
-                with _time_limit(timeout_s, ("parse", self.norm)):
-                    self.value, self.constant = _value_at_probe(first)
+                self.value, self.constant = _bounded(
+                    ("parse", self.norm), timeout_s, lambda: _value_at_probe(first)
+                )
             except GradingTimeout:
                 _CUT_PARSES.add(self.norm)
                 self.expr = []
@@ -377,11 +408,54 @@ class ParseStore:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS parses (norm TEXT PRIMARY KEY, facts BLOB)")
         self._pending: dict[str, bytes] = {}
         self.hits = 0
+        try:
+            self._db: Any = self._open()
+        except sqlite3.DatabaseError as e:
+            # A damaged file ("file is not a database"): set aside like a failed artifact and
+            # started anew. Parses are a cache: nothing is lost but time.
+            self._set_aside(e)
+            self._db = self._open()
+
+    def _open(self) -> Any:
+        import sqlite3
+
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS parses (norm TEXT PRIMARY KEY, facts BLOB)")
+            db.execute("SELECT norm FROM parses LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self, error: Exception) -> None:
+        import os
+        import uuid
+
+        aside = self.path.with_name(f"{self.path.name}.bad-{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        logging.getLogger(__name__).warning(
+            "grading parse store %s is damaged (%s): set aside as %s, parsing anew",
+            self.path,
+            error,
+            aside.name,
+        )
+
+    def _failed(self, error: Exception) -> None:
+        """A read or write failed on a file damaged after it opened: set it aside and go on
+        without a store in this process (the next one starts a new file)."""
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = None
+            self._set_aside(error)
 
     @classmethod
     def in_dir(cls, directory: str | Path) -> ParseStore:
@@ -392,8 +466,15 @@ class ParseStore:
 
     def restore(self, parsed: _Parsed) -> bool:
         import pickle
+        import sqlite3
 
-        row = self._db.execute("SELECT facts FROM parses WHERE norm = ?", (parsed.norm,)).fetchone()
+        if self._db is None:
+            return False
+        try:
+            row = self._db.execute("SELECT facts FROM parses WHERE norm = ?", (parsed.norm,)).fetchone()
+        except sqlite3.DatabaseError as e:
+            self._failed(e)
+            return False
         if row is None:
             return False
         try:
@@ -413,16 +494,23 @@ class ParseStore:
             self._pending[parsed.norm] = pickle.dumps(tuple(getattr(parsed, f) for f in self._FIELDS))
 
     def flush(self) -> None:
-        if self._pending:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO parses (norm, facts) VALUES (?, ?)", list(self._pending.items())
-                )
-            self._pending.clear()
+        import sqlite3
+
+        if self._pending and self._db is not None:
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO parses (norm, facts) VALUES (?, ?)",
+                        list(self._pending.items()),
+                    )
+            except sqlite3.DatabaseError as e:
+                self._failed(e)
+        self._pending.clear()
 
     def close(self) -> None:
         self.flush()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 _STORE: ParseStore | None = None
@@ -465,20 +553,24 @@ def _equal_parsed(a: _Parsed, b: _Parsed, timeout_s: float) -> bool:
         return False
     if a.value is not None and b.value is not None:
         scale = max(1.0, abs(a.value), abs(b.value))
-        gap = abs(a.value - b.value)
-        if gap > 1e-6 * scale:
-            return False  # they differ at the probe point: not equal, no symbolic verify
-        if a.constant and b.constant and gap <= 1e-12 * max(abs(a.value), abs(b.value)):
-            # Two constants equal to 12 significant digits at 30-digit precision (relative:
-            # 1/29322216 and 1/29322316 differ by 1e-13 absolutely and are not equal).
-            return True
+        if abs(a.value - b.value) > 1e-6 * scale:
+            # They differ at the probe point: not equal, no symbolic verify. (No shortcut the
+            # other way: values close at 30 digits are not equal integers or rationals, such
+            # as 2^{64} and 18446744073709551615; math-verify compares those exactly and floats
+            # by its own rounding.)
+            return False
     if (a.items >= 2 and b.scalar) or (b.items >= 2 and a.scalar):
         return False  # a tuple / set / matrix of several items is never one number
     if (a.interval and b.scalar and b.constant) or (b.interval and a.scalar and a.constant):
         return False  # an interval is never a number
     try:
-        with _time_limit(timeout_s, ("verify", a.norm, b.norm)):
-            return bool(_mv_verify(pa, pb, timeout_seconds=None) or _mv_verify(pb, pa, timeout_seconds=None))
+        return bool(
+            _bounded(
+                ("verify", a.norm, b.norm),
+                timeout_s,
+                lambda: _mv_verify(pa, pb, timeout_seconds=None) or _mv_verify(pb, pa, timeout_seconds=None),
+            )
+        )
     except GradingTimeout:
         _cut_pair(a, b)  # never paid twice; a string that cuts MAX_STRIKES is parsed no more
         return False

@@ -62,10 +62,15 @@ def hard_deadline(timeout_s: float) -> float:
     return timeout_s + max(1.0, timeout_s)
 
 
-def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: list) -> None:
+def _serve(
+    conn: Any, since: Any, op: Any, limit: Any, cut_parses: list[str], cut_pairs: list, slow: list
+) -> None:
     """A worker: grade the questions it is sent, one reply per question, until told to stop."""
-    E._WATCH = E._Watch(since, op)
-    E.mark_timed_out(cut_parses, cut_pairs)
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to report; it stops us
+    E._WATCH = E._Watch(since, op, limit)
+    E.mark_timed_out(cut_parses, cut_pairs, slow)
     store: E.ParseStore | None = None
     store_dir: str | None = None  # the folder `store` was opened in
     try:
@@ -106,13 +111,29 @@ def _serve(conn: Any, since: Any, op: Any, cut_parses: list[str], cut_pairs: lis
 
 
 class _Worker:
-    def __init__(self, ctx: Any, cut_parses: set[str], cut_pairs: set[frozenset[str]], serve: Any):
+    def __init__(
+        self,
+        ctx: Any,
+        cut_parses: set[str],
+        cut_pairs: set[frozenset[str]],
+        slow: set[tuple[str, ...]],
+        serve: Any,
+    ):
         self.since = ctx.Value("d", 0.0, lock=False)
+        self.limit = ctx.Value("d", 0.0, lock=False)  # the bound of the operation in progress
         self.op = ctx.Array("c", _OP_BYTES, lock=False)
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=serve,
-            args=(child, self.since, self.op, sorted(cut_parses), [sorted(p) for p in cut_pairs]),
+            args=(
+                child,
+                self.since,
+                self.op,
+                self.limit,
+                sorted(cut_parses),
+                [sorted(p) for p in cut_pairs],
+                sorted(slow),
+            ),
             daemon=True,
         )
         self.proc.start()
@@ -151,11 +172,12 @@ class Pool:
         self.processes, self.serve = processes, serve
         self.cut_parses: set[str] = set()
         self.cut_pairs: set[frozenset[str]] = set()
+        self.slow: set[tuple[str, ...]] = set()  # killed once: retried at the larger bound
         self.stats = Stats()
         self.workers = [self._spawn() for _ in range(processes)]
 
     def _spawn(self) -> _Worker:
-        return _Worker(self.ctx, self.cut_parses, self.cut_pairs, self.serve)
+        return _Worker(self.ctx, self.cut_parses, self.cut_pairs, self.slow, self.serve)
 
     def close(self) -> None:
         for w in self.workers:
@@ -167,6 +189,7 @@ class Pool:
         measure cold parsing)."""
         self.cut_parses.clear()
         self.cut_pairs.clear()
+        self.slow.clear()
         for w in self.workers:
             w.conn.send(("clear", None, None))
         for w in self.workers:
@@ -178,7 +201,7 @@ class Pool:
         """Grade ``(responses, gold)`` pairs, in order, with ``settings``."""
         from multiprocessing.connection import wait
 
-        self.hard_s = hard_deadline(settings.timeout_s)
+        self.timeout_s = settings.timeout_s
         results: list[G.QuestionGrade | None] = [None] * len(items)
         queue: deque[int] = deque(range(len(items)))
         deaths: dict[int, int] = {}  # question -> worker deaths outside any operation
@@ -210,7 +233,7 @@ class Pool:
             now = time.monotonic()
             for w in list(self.workers):
                 started = w.since.value
-                if w.pending and started and now - started > self.hard_s:
+                if w.pending and started and now - started > hard_deadline(w.limit.value or self.timeout_s):
                     self._replace(w, queue, deaths, killed=True)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
@@ -223,8 +246,18 @@ class Pool:
         w.proc.join()
         code = w.proc.exitcode
         op = w.current_op()  # read once it is dead: it cannot change any more
+        bound = w.limit.value or self.timeout_s
         w.conn.close()
-        if op is not None:
+        if op is not None and killed and op not in self.slow and bound < self.timeout_s * E.RETRY_FACTOR:
+            # Killed at the first bound: the next worker tries it once at the retry bound.
+            self.slow.add(op)
+            log.info(
+                "grading: %s killed after %.1fs; retried with %gs",
+                op[0],
+                hard_deadline(bound),
+                bound * E.RETRY_FACTOR,
+            )
+        elif op is not None:
             if op[0] == "parse":
                 self.cut_parses.add(op[1])
             else:
@@ -238,8 +271,8 @@ class Pool:
                 "grading: %s %s after %.1fs (%s): compared by string only and counted as a timeout",
                 op[0],
                 " vs ".join(repr(s[:80]) for s in op[1:]),
-                self.hard_s,
-                "killed at the hard deadline" if killed else f"worker died, exit code {code}",
+                hard_deadline(bound),
+                "killed at the hard deadline, twice" if killed else f"worker died, exit code {code}",
             )
         elif w.pending:
             first = w.pending[0]

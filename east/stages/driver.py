@@ -51,7 +51,7 @@ class Stages:
         self.c = c
         self.logger = logger
         self.sampler = sampler
-        self.cache = StageCache(c.paths.cache_dir)
+        self.cache = StageCache(c.paths.cache_dir, c.paths.lock_timeout_s)
         self.cache.clean_stale()
         self.isolate = isolation(c.isolate_stages)
         #: Every stage this run used, by label (e.g. ``sample``, ``train_r1``, ``evaluate_arith``).
@@ -74,7 +74,9 @@ class Stages:
         build, for checkpoints, and is removed once the artifact is in place)."""
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
+        _CURRENT[0] = label
         result = self.cache.run(name, config, keys, (lambda d: build(d, work_dir)) if work else build)
+        _CURRENT[0] = None
         if work_dir is not None and not result.cached:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.results[label] = result
@@ -449,6 +451,14 @@ class Stages:
             timeout_s=g.timeout_s,
             store=parse_store_dir(self.cache.root),
         )
+
+
+#: The stage this process is building, for the one line a Ctrl-C prints (run.py).
+_CURRENT: list[str | None] = [None]
+
+
+def current_stage() -> str | None:
+    return _CURRENT[0]
 
 
 # ---------------------------------------------------------------------- placement

@@ -109,6 +109,8 @@ def worker_main(stage: str, run: Any) -> None:
     worker_logging()
     try:
         run(json.loads(Path(sys.argv[1]).read_text()))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the driver reports it
+        sys.exit(130)
     finally:
         report_device_memory(stage)
 

@@ -5,8 +5,12 @@ tested there). ``python -m tests.integration.test_fault_table`` rewrites ``tests
 below fails when that file is out of date. Outcomes: *clear error* (one line naming the
 key, file:line or artifact; exit 2 from run.py), *counted skip* (``on_bad_row=skip``:
 counted by kind in results.json and the log), *rebuilt* (the artifact is verified,
-discarded and rebuilt: same numbers), *bounded* (graded within the time bound; every cut
-answer counted as a timeout), *survives* (the run completes and writes results.json).
+discarded and rebuilt: same numbers), *bounded* (graded within the time bound, a cut
+retried once at RETRY_FACTOR times it; every answer cut twice counted as a timeout),
+*graded exactly* (math-verify's verdict), *survives* (the run completes and writes
+results.json), *works* (an extreme config value that validates because it does what it
+says; every other extreme is a clear error), *one line* (Ctrl-C: one line naming the stage,
+exit 130).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 
 from tests.e2e.test_pipeline import PIPELINE_FAULTS
 from tests.integration.test_grading_bound import ADVERSARIAL
-from tests.unit.test_cache import ARTIFACT_FAULTS
-from tests.unit.test_config import BAD_VALUES
-from tests.unit.test_data import ROW_FAULTS
+from tests.integration.test_grading_differential import _big_number_pairs
+from tests.unit.test_cache import ARTIFACT_FAULTS, KEY_PATH_FAULTS
+from tests.unit.test_config import BAD_VALUES, EXTREMES, NUMERIC_FIELDS, WORKS
+from tests.unit.test_data import BAD_FIELD_GOLDS, ROW_FAULTS
 
 TABLE = Path(__file__).resolve().parents[1] / "FAULTS.md"
 
@@ -60,12 +65,42 @@ def rows() -> list[tuple[str, str, str, str]]:
             "bounded",
             "test_grading_bound.py::test_extraction_is_linear...",
         ),
+        (
+            "grading",
+            "an answer of over 10,000 characters",
+            "bounded",
+            "test_grading_bound.py::test_an_answer_too_long...",
+        ),
+        (
+            "grading",
+            "answers near the bound under a CPU hog (2 busy processes a core)",
+            "bounded",
+            "test_grading_bound.py::test_a_load_spike...",
+        ),
+        (
+            "grading",
+            "a damaged parse-store file",
+            "rebuilt",
+            "test_grading_bound.py::test_a_damaged_parse_store...",
+        ),
+        (
+            "grading",
+            "an answer of over 400 characters (the expanded (x+1)^35)",
+            "graded exactly",
+            "test_grading_differential.py::test_a_long_answer...",
+        ),
     ]
+    for gold, answer in _big_number_pairs():
+        shown = gold if len(gold) < 40 else gold[:37] + "..."
+        value = answer if len(answer) < 30 else f"{answer[:12]}...({len(answer)} digits)"
+        out.append(
+            ("grading", f"{shown} vs {value}", "graded exactly", "test_grading_differential.py::test_big...")
+        )
     for name, _, _ in ROW_FAULTS:
         out.append(
             ("data", f"row: {name}", "clear error / counted skip", "test_data.py::test_every_row_fault...")
         )
-    for answer in ("[3]", "{...}", "true", "\\boxed{3", '""', "null"):
+    for answer, _ in BAD_FIELD_GOLDS:
         out.append(
             (
                 "data",
@@ -75,10 +110,21 @@ def rows() -> list[tuple[str, str, str, str]]:
             )
         )
     out.append(("data", "byte-order marks", "read", "test_data.py::test_a_byte_order_mark..."))
+    out.append(("data", "a FIFO as the data file", "clear error", "test_data.py::test_a_data_file_that..."))
     for name in ARTIFACT_FAULTS:
         out.append(
             ("artifacts", f"stage folder: {name}", "rebuilt", "test_cache.py::test_an_artifact_that...")
         )
+    for name in KEY_PATH_FAULTS:
+        out.append(("artifacts", f"key path: {name}", "rebuilt", "test_cache.py::test_what_stands_at..."))
+    out.append(
+        (
+            "artifacts",
+            "a stage's lock held by a stopped process (paths.lock_timeout_s)",
+            "clear error",
+            "test_cache.py::test_a_lock_held...",
+        )
+    )
     for name in PIPELINE_FAULTS:
         out.append(
             ("artifacts", f"pipeline: {name}", "rebuilt", "test_pipeline.py::test_a_damaged_artifact...")
@@ -99,6 +145,37 @@ def rows() -> list[tuple[str, str, str, str]]:
     ]
     for overrides, _ in BAD_VALUES:
         out.append(("config", " ".join(overrides), "clear error", "test_config.py::test_invalid_values..."))
+    out.append(
+        ("config", "EAST_CACHE_DIR= (empty)", "clear error", "test_config.py::test_an_empty_cache_dir...")
+    )
+    for field in NUMERIC_FIELDS:
+        works = [f"{v}: {WORKS[(field, v)]}" for v in EXTREMES if (field, v) in WORKS]
+        note = f" (works at {'; '.join(works)})" if works else ""
+        out.append(
+            (
+                "config",
+                f"{field.removeprefix('vllm:')} at {', '.join(EXTREMES)}{note}",
+                "clear error / works" if works else "clear error",
+                "test_config.py::test_numeric_extremes...",
+            )
+        )
+    out.append(
+        (
+            "config",
+            "model.dtype=float16 (trained in pure fp16 and diverged)",
+            "survives",
+            "test_pipeline.py::test_float16_trains...",
+        )
+    )
+    for isolate in ("inline", "isolated"):
+        out.append(
+            (
+                "run",
+                f"Ctrl-C in a stage ({isolate})",
+                "one line",
+                "test_pipeline.py::test_ctrl_c_is_one_line...",
+            )
+        )
     out.append(
         (
             "config",
@@ -137,7 +214,8 @@ def render() -> str:
         "Generated by `python -m tests.integration.test_fault_table` from the fault lists the tests run.",
         "",
         f"{len(table)} faults tried: " + ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) + ".",
-        "None hangs, none gives a silently different result, none loses results.json.",
+        "None hangs, none gives a silently different result, none loses results.json, and no"
+        " user error is a traceback.",
         "",
         "| area | fault | outcome | test |",
         "|---|---|---|---|",

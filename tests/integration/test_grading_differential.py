@@ -224,3 +224,54 @@ def test_agrees_with_math_verify_on_every_real_gold(shared_data):
     result = differential(_golds(shared_data))
     print(json.dumps({k: v for k, v in result.items() if k != "unsound"}))
     assert not result["unsound"], result["unsound"][:50]
+
+
+def _big_number_pairs() -> list[tuple[str, str]]:
+    """Different numbers that agree to many digits (issue 21: a relative tolerance called each
+    pair equal), and equal ones, in the spellings models write, up to the magnitude bound."""
+    from math import comb
+
+    from east.grading.equivalence import MAX_DIGITS
+
+    pairs = [
+        ("2^{64}", "18446744073709551615"),
+        ("2^{64}", "18446744073709551616"),
+        ("10^{20}", "100000000000000000001"),
+        ("10^{20}", "100000000000000000000"),
+        ("\\binom{100}{50}", str(comb(100, 50) + 1)),
+        ("\\binom{100}{50}", str(comb(100, 50))),
+        ("\\frac{10^{15}+1}{10^{15}}", "1"),
+        ("\\frac{10^{15}}{10^{15}}", "1"),
+    ]
+    for digits in (2, 6, 12, 13, 15, 16, 17, 20, 30, 50, 100, 300, 1000, 3000, MAX_DIGITS - 1):
+        k = digits - 1
+        pairs += [
+            (f"10^{{{k}}}", "1" + "0" * (k - 1) + "1"),  # off by one
+            (f"10^{{{k}}}", "1" + "0" * k),  # equal
+            (f"10^{{{k}}}+1", f"10^{{{k}}}"),  # both symbolic, off by one
+            (f"\\frac{{10^{{{k}}}+1}}{{10^{{{k}}}}}", "1"),  # a rational off by 10^-k
+        ]
+    return pairs
+
+
+@pytest.mark.parametrize(("gold", "answer"), _big_number_pairs())
+def test_big_integers_and_rationals_compare_exactly_as_math_verify_does(gold, answer):
+    reference = mv_equal(gold, answer, seconds=30)
+    assert reference is not None
+    assert answers_equal(gold, answer, timeout_s=10.0) == reference, (gold, answer, reference)
+    assert answers_equal(answer, gold, timeout_s=10.0) == reference  # symmetric
+
+
+def test_a_long_answer_is_graded_not_compared_as_a_string():
+    """The expanded (x+1)^35 (over 400 characters, once compared by string only and not
+    counted) equals (x+1)^{35}, as math-verify says."""
+    import sympy
+
+    from east.grading import grade_question
+
+    expanded = sympy.latex(sympy.expand((sympy.Symbol("x") + 1) ** 35))
+    assert len(expanded) > 400
+    assert mv_equal("(x+1)^{35}", expanded, seconds=30)
+    assert answers_equal("(x+1)^{35}", expanded, timeout_s=10.0)
+    g = grade_question([rf"\boxed{{{expanded}}}", r"\boxed{3}"], "(x+1)^{35}", timeout_s=10.0)
+    assert g.correct == [True, False] and g.timeouts == 0

@@ -144,6 +144,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
             "on_bad_row": "skip",
         }.items()
     },
+    "dataset.max_question_chars": (5000, ()),  # arith is generated: no rows to check
     "dataset.max_train": (50, ("sample",)),
     "dataset.max_test": (50, EVALS),
     # Every generated split is drawn disjoint from the others: each size shapes all of them.
@@ -189,6 +190,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "distributed.launch_args": ("['--main_process_port=29555']", ()),
     "paths.output_dir": ("/tmp/elsewhere", ()),
     "paths.data_dir": ("/tmp", ()),  # arith reads no files
+    "paths.lock_timeout_s": (30, ()),  # how long to wait for another builder
     "seed": (1, ("sample", "build", "train")),
     "experiment_name": ("mine", ()),
 }

@@ -136,6 +136,103 @@ def test_an_artifact_that_no_longer_matches_its_manifest_is_rebuilt(tmp_path, ca
     assert (again.path / "rows.jsonl").read_text().count("\n") == 200
 
 
+def _value_build(value):
+    def build(d):
+        (d / "value.json").write_text(json.dumps(value))
+
+    return build
+
+
+def _symlink_to_other_key(cache, final, other):
+    import shutil
+
+    shutil.rmtree(final)
+    final.symlink_to(other)
+
+
+def _renamed_other_key(cache, final, other):
+    import shutil
+
+    shutil.rmtree(final)
+    shutil.copytree(other, final)  # its own manifest is intact: only stage.json tells
+
+
+def _plain_file(cache, final, other):
+    import shutil
+
+    shutil.rmtree(final)
+    final.write_text("not a folder")
+
+
+def _dangling_symlink(cache, final, other):
+    import shutil
+
+    shutil.rmtree(final)
+    final.symlink_to(final.parent / "gone")
+
+
+#: What can stand at a stage's key path instead of its artifact (issue 21): each is set aside
+#: and the stage rebuilt, never read.
+KEY_PATH_FAULTS = {
+    "a symlink to another key's folder": (_symlink_to_other_key, "symbolic link"),
+    "another key's folder copied under this key": (_renamed_other_key, "stage.json is that of another key"),
+    "a plain file": (_plain_file, "plain file"),
+    "a dangling symlink": (_dangling_symlink, "symbolic link"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(KEY_PATH_FAULTS))
+def test_what_stands_at_a_key_path_must_prove_its_key(tmp_path, caplog, fault):
+    damage, message = KEY_PATH_FAULTS[fault]
+    cache = StageCache(tmp_path)
+    mine = cache.run("train", {"lr": 0.2}, [], _value_build(0.2))
+    other = cache.run("train", {"lr": 0.275}, [], _value_build(0.275))
+    damage(cache, mine.path, other.path)
+    again = cache.run("train", {"lr": 0.2}, [], _value_build(0.2))
+    assert again.cached is False and again.path == mine.path
+    assert not again.path.is_symlink() and json.loads((again.path / "value.json").read_text()) == 0.2
+    assert message in caplog.text and "set aside and rebuilt" in caplog.text
+    assert json.loads((other.path / "value.json").read_text()) == 0.275  # the other key untouched
+    assert cache.run("train", {"lr": 0.2}, [], _value_build(0.2)).cached
+
+
+def test_a_lock_held_by_a_stopped_process_names_it_and_times_out(tmp_path, caplog):
+    """A builder that stops (SIGSTOP) holds its key's lock forever: a waiter names its pid
+    and state, and with paths.lock_timeout_s gives up with a clear error."""
+    import logging
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from east.cache import LockTimeout
+
+    caplog.set_level(logging.INFO)
+    cache = StageCache(tmp_path, lock_timeout_s=1.5)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from east.cache import StageCache; "
+            f"StageCache({str(tmp_path)!r}).run('sample', {{'x': 1}}, [], lambda d: time.sleep(60))",
+        ]
+    )
+    try:
+        lock = cache._lock_path("sample", stage_key("sample", {"x": 1}, []))
+        deadline = time.time() + 30
+        while time.time() < deadline and str(holder.pid) not in (lock.read_text() if lock.exists() else ""):
+            time.sleep(0.05)
+        holder.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(LockTimeout, match=rf"waited \d+s for pid {holder.pid} on .*, stopped"):
+            cache.run("sample", {"x": 1}, [], lambda d: None)
+        assert 1.5 <= time.monotonic() - start < 10
+        assert f"pid {holder.pid}" in caplog.text
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_stale_temporary_folders_are_removed_but_never_under_a_live_writer(tmp_path):
     import fcntl
     import threading

@@ -10,6 +10,7 @@ import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
 from east.config import apply_command_line_precedence, trainer_settings, validate
 from east.errors import ConfigError
@@ -85,11 +86,11 @@ BAD_VALUES = [
     ),
     (["+objective.trainer.learning_rat=1e-4"], "unknown SFTConfig key"),
     # The values a hostile user tried that used to be accepted (issue 10, section 4).
-    (["sampling.temperature=nan"], "sampling.temperature=nan: must be a finite number >= 0"),
+    (["sampling.temperature=nan"], r"sampling.temperature=nan: must be a finite number in \[0.0, 100.0\]"),
     (["sampling.top_p=nan"], "sampling.top_p"),
     (["seed=-1"], "seed=-1: must be an integer >= 0"),
     (["seed=4294967296"], "seed=4294967296"),
-    (["grading.timeout_s=0"], "grading.timeout_s=0.0: must be a finite number > 0"),
+    (["grading.timeout_s=0"], r"grading.timeout_s=0.0: must be a finite number in \[0.01, 3600.0\]"),
     (["grading.timeout_s=-1"], "grading.timeout_s"),
     (["grading.timeout_s=inf"], "grading.timeout_s"),
     (["sampler.batch_size=0"], "sampler.batch_size=0: must be an integer >= 1"),
@@ -122,6 +123,26 @@ BAD_VALUES = [
     (["evaluation.samples=4", "evaluation.pass_k=[8]"], "evaluation.pass_k"),
     (["distributed.accelerate_config=conf/accelerate/nope.yaml"], "distributed.accelerate_config"),
     (["rounds=0"], "rounds=0"),
+    # Values that validated and then failed late, or trained nothing sane (issue 21).
+    (["sampling.temperature=1e-40"], "0 (greedy) or at least 1e-05"),
+    (["grading.timeout_s=1e300"], r"grading.timeout_s=1e\+300"),
+    (["objective.trainer.max_length=0"], "objective.trainer.max_length=0"),
+    (["east.sharpness=1e308"], r"east.sharpness=1e\+308: must be a finite number in \[-20.0, 20.0\]"),
+    (["+objective.trainer.seed=3"], "seed set by the train stage itself"),
+    (["+objective.trainer.output_dir=/tmp/x"], "output_dir set by the train stage itself"),
+    (["+objective.trainer.report_to=[wandb]"], "report_to set by the train stage itself"),
+    (["+objective.trainer.save_strategy=steps"], "save_strategy set by the train stage itself"),
+    (["+objective.trainer.bf16=false"], "bf16 set by the train stage itself"),
+    (["paths.cache_dir=''"], "paths.cache_dir='': must name a folder"),
+    (["model.tiny.vocab_size=1"], "model.tiny.vocab_size=1: must be an integer >= 259"),
+    (["+objective.trainer.max_steps=0"], "must be -1 (epochs decide) or at least 1"),
+    (["objective.trainer.learning_rate=2.0"], "objective.trainer.learning_rate=2.0"),
+    (["paths.lock_timeout_s=0"], "paths.lock_timeout_s"),
+    (["seed=${seed}"], "seed: Recursive interpolation detected"),
+    (
+        ["paths.cache_dir=${oc.env:EAST_UNSET_VARIABLE}"],
+        "Environment variable 'EAST_UNSET_VARIABLE' not found",
+    ),
 ]
 
 
@@ -151,6 +172,13 @@ def test_unknown_options_and_typos_fail_at_compose(overrides, message):
     with pytest.raises(ConfigCompositionException) as err:
         _compose(overrides)
     assert re.search(message, f"{err.value} {err.value.__cause__}")
+
+
+def test_an_empty_cache_dir_from_the_environment_is_refused(monkeypatch):
+    """EAST_CACHE_DIR= (set but empty) would put the cache in the current folder."""
+    monkeypatch.setenv("EAST_CACHE_DIR", "")
+    with pytest.raises(ConfigError, match="paths.cache_dir='': must name a folder .*EAST_CACHE_DIR"):
+        validate(_compose([]))
 
 
 def test_print_config_is_plain_yaml():
@@ -213,7 +241,7 @@ def test_a_bad_value_is_one_line_without_traceback_and_exits_nonzero(tmp_path):
     out = _run_cli("grading.timeout_s=0", f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path}/run")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
-        "Error: invalid config grading.timeout_s=0.0: must be a finite number > 0.0"
+        "Error: invalid config grading.timeout_s=0.0: must be a finite number in [0.01, 3600.0]"
     )
     assert "Traceback" not in out.stderr + out.stdout
     assert not any(tmp_path.glob("*/*/stage.json"))  # nothing was built
@@ -224,3 +252,83 @@ def test_a_bad_value_is_one_line_without_traceback_and_exits_nonzero(tmp_path):
         env={"HYDRA_FULL_ERROR": "1"},
     )
     assert full.returncode != 0 and "Traceback" in full.stderr
+
+
+#: Every numeric field of the config (vLLM's with sampler=vllm), tried at each extreme below.
+NUMERIC_FIELDS = [
+    *(
+        f"model.tiny.{k}"
+        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size")
+    ),
+    *(f"model.tiny.{k}" for k in ("seed", "warmup_steps", "warmup_batch_size", "warmup_lr")),
+    "dataset.max_train",
+    "dataset.max_test",
+    "dataset.max_question_chars",
+    *(
+        f"dataset.arith.{k}"
+        for k in ("steps", "max_number", "warmup_size", "train_size", "test_size", "seed")
+    ),
+    "objective.sft_k",
+    "objective.global_batch_size",
+    *(f"objective.trainer.{k}" for k in ("learning_rate", "num_train_epochs", "per_device_train_batch_size")),
+    *(f"objective.trainer.{k}" for k in ("warmup_steps", "save_steps", "logging_steps", "max_length")),
+    "east.sharpness",
+    "sampler.batch_size",
+    "sampler.chunk_prompts",
+    "sampler.data_parallel_size",
+    *(f"vllm:sampler.{k}" for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")),
+    *(f"vllm:sampler.{k}" for k in ("entropy_top_k", "chunk_requests")),
+    "sampling.n",
+    "sampling.temperature",
+    "sampling.top_p",
+    "sampling.max_new_tokens",
+    "evaluation.max_new_tokens",
+    "evaluation.samples",
+    "grading.processes",
+    "grading.timeout_s",
+    "distributed.num_processes",
+    "paths.lock_timeout_s",
+    "resources.gpus",
+    "resources.cpus_per_gpu",
+    "resources.mem_gb_per_gpu",
+    "seed",
+    "rounds",
+]
+EXTREMES = ["0", "-1", "1e-300", "1e300", str(2**62)]
+#: The extremes that validate, each because it works, with what it does. Every other extreme
+#: must be refused before any work: none may validate and then fail late or run wrong.
+WORKS = {
+    ("model.tiny.seed", "0"): "a seed",
+    ("dataset.arith.seed", "0"): "a seed",
+    ("seed", "0"): "a seed",
+    ("dataset.max_train", str(2**62)): "a cap above the data: every row",
+    ("dataset.max_test", str(2**62)): "a cap above the data: every row",
+    ("objective.trainer.warmup_steps", "0"): "no learning-rate warm-up",
+    ("objective.trainer.warmup_steps", "1e-300"): "a fraction of the steps, rounded up: one step",
+    ("objective.trainer.save_steps", "0"): "no checkpoints",
+    ("objective.trainer.logging_steps", "1e-300"): "a fraction of the steps, rounded up: every step",
+    ("objective.trainer.num_train_epochs", "1e-300"): "epochs x steps rounded up: one optimiser step",
+    ("east.sharpness", "0"): "vanilla self-training",
+    ("east.sharpness", "-1"): "favours confident questions (the paper sweeps -3 to 3)",
+    ("east.sharpness", "1e-300"): "h^a = 1 for h > 0: vanilla in effect",
+    ("vllm:sampler.entropy_top_k", "0"): "no token entropies",
+    ("sampling.temperature", "0"): "greedy decoding",
+    ("sampling.top_p", "1e-300"): "only the most likely token: greedy in effect",
+    ("evaluation.samples", "0"): "no maj@n / pass@k",
+    ("paths.lock_timeout_s", "1e-300"): "fail at once when another process builds a stage",
+}
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+def test_numeric_extremes_are_refused_before_work_or_known_to_work(field, tmp_path, monkeypatch):
+    """Each numeric field at 0, -1, 1e-300, 1e300 and 2^62: refused at composition or
+    validation (one line from run.py), or listed in WORKS with why it works."""
+    prefix = ["sampler=vllm"] if field.startswith("vllm:") else []
+    key = field.removeprefix("vllm:")
+    for value in EXTREMES:
+        try:
+            validate(_compose([*prefix, f"{key}={value}", f"paths.cache_dir={tmp_path}"]))
+        except (ConfigError, ConfigCompositionException, ValidationError):
+            assert (field, value) not in WORKS, f"{field}={value} is listed as working but refused"
+            continue
+        assert (field, value) in WORKS, f"{field}={value} validates: refuse it, or list in WORKS why it works"

@@ -137,6 +137,17 @@ ROW_FAULTS = [
     ),
     ("answer is a dict", b'{"question": "q", "answer": {"a": 1}}', "answer field 'answer' is not text"),
     ("duplicate id", b'{"question": "q9", "answer": "#### 9", "id": "a"}', "duplicate id"),
+    # Issue 21: rows that used to crash later, naming no file or line, or be accepted.
+    (
+        "a lone surrogate in the question",
+        b'{"question": "q\\ud800", "answer": "#### 2"}',
+        "question field 'question' is not valid Unicode",
+    ),
+    (
+        "a 25,000-character question (a 20 MB one allocated 5.7 GB)",
+        b'{"question": "' + b"x" * 25_000 + b'", "answer": "#### 2"}',
+        "question too long",
+    ),
 ]
 _GOOD = [
     b'{"question": "q1", "answer": "#### 1", "id": "a"}',
@@ -163,17 +174,26 @@ def test_a_byte_order_mark_is_not_a_fault(tmp_path):
     assert [p.gold for p in splits.train] == ["1", "3"]
 
 
-@pytest.mark.parametrize(
-    ("answer", "kind"),
-    [
-        ("[3]", "is not text"),
-        ('{"a": 3}', "is not text"),
-        ("true", "is not text"),
-        ('"\\\\boxed{3"', "no gold answer"),
-        ('""', "is empty"),
-        ("null", "is not text"),
-    ],
-)
+#: Field golds that are no answer (the fault table lists them).
+BAD_FIELD_GOLDS = [
+    ("[3]", "is not text"),
+    ('{"a": 3}', "is not text"),
+    ("true", "is not text"),
+    ('"\\\\boxed{3"', "no gold answer"),
+    ('""', "is empty"),
+    ("null", "is not text"),
+    ("NaN", "is not a finite number"),
+    ("Infinity", "is not a finite number"),
+    ("-Infinity", "is not a finite number"),
+    ("1e999", "is not a finite number"),
+    ('"nan"', "gold answer is not a finite number"),
+    ('"inf"', "gold answer is not a finite number"),
+    ('"\\u200b"', "is empty"),
+    ('" \\u200b\\u2060 "', "is empty"),
+]
+
+
+@pytest.mark.parametrize(("answer", "kind"), BAD_FIELD_GOLDS)
 def test_field_golds_must_be_text_or_numbers(tmp_path, answer, kind):
     _write(tmp_path / "train.jsonl", [f'{{"question": "q", "answer": {answer}}}'])
     _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "3"}'])
@@ -184,6 +204,18 @@ def test_field_golds_must_be_text_or_numbers(tmp_path, answer, kind):
         ['{"question": "q", "answer": 3}', '{"question": "r", "answer": "\\\\boxed{4}"}'],
     )
     assert [p.gold for p in load_splits(_dataset_cfg("jsonl", path=tmp_path)).train] == ["3", "4"]
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path):
+    """A FIFO as the data file used to block the run forever, silently."""
+    import os
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    os.mkfifo(folder / "train.jsonl")
+    _write(folder / "test.jsonl", ['{"question": "q", "answer": "3"}'])
+    with pytest.raises(DataError, match=r"train.jsonl: not a regular file \(a pipe, socket or device\)"):
+        load_splits(_dataset_cfg("jsonl", path=folder))
 
 
 def test_bring_your_own_jsonl(tmp_path):
