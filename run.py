@@ -46,4 +46,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        from pathlib import Path
+
+        from east.cli import preflight
+
+        preflight(sys.argv[1:], Path(__file__).resolve().parent / "conf")  # every job, before any runs
     main()

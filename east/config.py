@@ -147,7 +147,14 @@ class EastConfig:
     def __post_init__(self) -> None:
         from east.weighting import MAPPINGS
 
-        check_choice("east.mapping", self.mapping, sorted(MAPPINGS))
+        if not unset(self.mapping) and self.mapping not in MAPPINGS:
+            fail(
+                "east.mapping",
+                self.mapping,
+                f"allowed: {', '.join(sorted(MAPPINGS))}; to add one, register it with "
+                "@east.weighting.register_mapping('name') in a module of yours and list that module "
+                "in imports (README: Your own mapping)",
+            )
         check_real("east.sharpness", self.sharpness, -MAX_SHARPNESS, MAX_SHARPNESS)
 
 
@@ -269,7 +276,7 @@ class DistributedConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING
-    output_dir: str = MISSING
+    output_dir: str | None = None  # null: Hydra's run folder (outputs/<date>/<time>/)
     # A folder holding gsm8k/ and math/ ({split}.jsonl): datasets load from it instead of the hub.
     data_dir: str | None = None
     # Seconds to wait for another process building a stage this run needs (null: as long as
@@ -279,6 +286,8 @@ class PathsConfig:
     def __post_init__(self) -> None:
         for key in ("cache_dir", "output_dir"):
             value = getattr(self, key)
+            if key == "output_dir" and value is None:
+                continue  # Hydra's run folder
             if not unset(value) and (value is None or not str(value).strip()):
                 fail(
                     f"paths.{key}",
@@ -333,6 +342,10 @@ class Config:
     # them back when it exits (auto: when a CUDA device is visible).
     isolate_stages: Any = "auto"
     stop_after: str | None = None
+    # Modules of yours imported before the config is checked (a mapping registered there with
+    # @register_mapping is then an allowed east.mapping). Found on sys.path or in the current
+    # folder.
+    imports: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, MAX_SEED)
@@ -362,15 +375,18 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("east_mul", lambda a, b: int(a) * int(b), replace=True)
 
 
-def validate(cfg: DictConfig | Config, command_line: list[str] = ()) -> Config:
+def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bool = True) -> Config:
     """The run's typed config: every value it depends on checked before any stage runs.
     Raises :class:`~east.errors.ConfigError` naming the key, the value and what is allowed.
 
     ``command_line``: the job's overrides; an ``objective.trainer.KEY`` among them wins over
-    the model's ``trainer_overrides`` (see :func:`apply_command_line_precedence`)."""
+    the model's ``trainer_overrides`` (see :func:`apply_command_line_precedence`).
+    ``devices``: also check what depends on this machine (CUDA for FSDP / ZeRO-3, the sampler
+    backend's package); run.py's check of a whole sweep, on a login node, leaves them out."""
     if isinstance(cfg, DictConfig):
         from omegaconf.errors import OmegaConfBaseException
 
+        import_user_modules(OmegaConf.select(cfg, "imports", default=None) or [])
         try:
             unknown = unknown_keys(OmegaConf.to_container(cfg, resolve=True))
             if unknown:
@@ -387,8 +403,23 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = ()) -> Config:
     apply_command_line_precedence(c, list(command_line))
     _check_trainer_settings(c)
     batch_layout(c)
-    _check_placement(c)
+    if devices:
+        _check_placement(c)
+        _check_sampler_installed(c)
     return c
+
+
+def _check_sampler_installed(c: Config) -> None:
+    """A backend whose package is missing (sampler=vllm without vLLM) is one line saying how
+    to install it, not Hydra's "Error locating target"."""
+    import importlib
+
+    target = c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
+    module = str(target).rpartition(".")[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"invalid config sampler._target_={target!r}: {e}") from None
 
 
 def _check_placement(c: Config) -> None:
@@ -417,6 +448,24 @@ def _check_placement(c: Config) -> None:
             "nn.DataParallel over all of them (a larger batch than configured); keep isolate_stages=auto "
             "(each stage sees the devices it needs) or set CUDA_VISIBLE_DEVICES to one device",
         )
+
+
+def import_user_modules(names: list[str]) -> None:
+    """Import ``imports``: the modules where a user registers mappings (or anything else the
+    config names), before the config is checked. The current folder is searched too."""
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(str(name))
+        except Exception as e:  # a missing module or one that fails: the user's to fix
+            raise ConfigError(
+                f"invalid config imports: cannot import {name!r} ({type(e).__name__}: {e})"
+            ) from None
 
 
 def omegaconf_message(error: Exception) -> str:

@@ -32,7 +32,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import hydra.utils
 
     c = validate(cfg, _command_line_overrides())
-    out_dir = Path(c.paths.output_dir)
+    check_sources(c)
+    out_dir = Path(c.paths.output_dir or _hydra_output_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = hydra.utils.instantiate(cfg.logger)
     logger.start(
@@ -163,6 +164,62 @@ def record_failure(cfg: DictConfig, error: BaseException) -> bool:
     write_json(folder / FAILED, record)
     log.error("cell failed, the sweep goes on: %s (%s)", record["error"], folder / FAILED)
     return True
+
+
+def check_sources(c: Config) -> None:
+    """Before any stage: every hub id the run reads (the model, datasets without a local path)
+    is in the local Hugging Face cache or the hub is reachable. Offline, hub libraries retry
+    for about a minute and end in a traceback; this is one line naming the id and the local
+    alternative."""
+    from east.errors import ConfigError
+
+    sources = []
+    if c.model.tiny is None and c.model.path and not Path(c.model.path).expanduser().exists():
+        sources.append((c.model.path, "model", "model.path=<a local folder of the weights>"))
+    d = c.dataset
+    if d.arith is None:
+        for name in [None, *(d.test_sets or list(d.tests))]:
+            spec = d if name is None else d.test_source(name)[0]
+            if not spec.path and spec.hub_id:
+                where = "dataset.path" if name is None else f"dataset.tests.{name}.path"
+                sources.append((spec.hub_id, "dataset", f"paths.data_dir or {where} (local copies)"))
+    for repo_id, kind, local in dict.fromkeys(sources):
+        problem = hub_problem(repo_id, kind)
+        if problem:
+            raise ConfigError(f"{kind} {repo_id!r} is a hub id {problem}; use {local}")
+
+
+def hub_problem(repo_id: str, kind: str) -> str | None:
+    """Why ``repo_id`` cannot be had now (not cached, and offline or the hub unreachable), or None."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot_download(repo_id, repo_type=kind if kind == "dataset" else None, local_files_only=True)
+        return None
+    except Exception:  # not (wholly) in the local cache
+        pass
+    if constants.HF_HUB_OFFLINE or (os.environ.get("HF_DATASETS_OFFLINE") == "1" and kind == "dataset"):
+        return "that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        return (
+            f"that is not in the local Hugging Face cache, and {host} cannot be reached ({e.strerror or e})"
+        )
+    return None
+
+
+def _hydra_output_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ValueError("paths.output_dir is null and no Hydra run folder exists: set paths.output_dir")
+    return HydraConfig.get().runtime.output_dir
 
 
 def _command_line_overrides() -> list[str]:
