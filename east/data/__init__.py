@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from east.data.arith import ArithConfig, generate
@@ -9,6 +10,8 @@ from east.data.loaders import DataError, DatasetConfig, load_problems
 from east.data.problems import Problem
 
 __all__ = ["ArithConfig", "DataError", "DatasetConfig", "Problem", "Splits", "load_splits"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,4 +42,24 @@ def load_splits(d: DatasetConfig) -> Splits:
         splits.tests[name], splits.skipped[name] = load_problems(
             source, name, split, hub_split=hub_split, limit=d.max_test
         )
+    _check_overlap(d, splits)
     return splits
+
+
+def _check_overlap(d: DatasetConfig, splits: Splits) -> None:
+    """Test questions that are also training questions measure memory, not learning: a test
+    set made only of them (one .jsonl file for every split) is refused unless asked for."""
+    seen = {" ".join(p.question.split()) for p in splits.train}
+    for name, problems in splits.tests.items():
+        shared = sum(" ".join(p.question.split()) in seen for p in problems)
+        if not shared:
+            continue
+        if shared == len(problems) and not d.allow_test_in_train:
+            raise DataError(
+                f"test set {name!r}: all {shared} of its questions are training questions (dataset.path="
+                f"{d.path} is one file for every split?); give a folder with {d.train_split}.jsonl and "
+                "test.jsonl, or set dataset.allow_test_in_train=true to evaluate on training questions"
+            )
+        log.warning(
+            "test set %r: %d of %d questions are also training questions", name, shared, len(problems)
+        )

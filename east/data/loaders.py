@@ -75,6 +75,9 @@ class DatasetConfig:
     max_train: int | None = None
     max_test: int | None = None
     on_bad_row: OnBadRow = OnBadRow.error
+    # A test set made only of training questions (one .jsonl file for both) is refused unless
+    # this is true; a partial overlap is a warning with its count.
+    allow_test_in_train: bool = False
     # A longer question is a bad row (refused or counted): GSM8K's and MATH's longest are
     # under 5,000 characters, and a 20 MB one would allocate gigabytes in tokenization.
     max_question_chars: int = 20_000

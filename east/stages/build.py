@@ -8,8 +8,13 @@ from typing import Any
 import numpy as np
 
 from east.config import Config
+from east.errors import UserError
 from east.prompts import assistant, messages
 from east.weighting import canonical
+
+
+class NothingToTrain(UserError):
+    """No training question survived the filters: a run's data and settings, not a bug."""
 
 
 def build_records(
@@ -33,7 +38,7 @@ def build_records(
     ]
     kept, dropped = filter_questions(questions, c.filters)
     if not kept:
-        raise RuntimeError(
+        raise NothingToTrain(
             f"no training question survived the filters (dropped per rule: {dropped}); "
             "sample more responses (sampling.n) or relax the filters"
         )

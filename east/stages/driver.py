@@ -31,6 +31,7 @@ from east.cache import (
     write_json,
     write_jsonl,
 )
+from east.codeid import function_digest, stage_code
 from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
 from east.models import model_path
@@ -42,6 +43,8 @@ from east.weighting import canonical, get_mapping
 
 log = logging.getLogger(__name__)
 
+#: The stages that generate with the sampler backend (its package's version is in their keys).
+GENERATING = ("sample", "evaluate", "evaluate_sampled")
 #: Fields of a shipped sampler config that the driver reads and the backend does not take.
 DRIVER_FIELDS = ("data_parallel_size", "chunk_prompts")
 
@@ -72,6 +75,9 @@ class Stages:
         """The artifact of ``name`` for this config and inputs, built by ``build(folder)``
         (``work``: ``build(folder, work_dir)``, a folder of the key that survives a killed
         build, for checkpoints, and is removed once the artifact is in place)."""
+        # The code that builds the artifact is part of its key (east.codeid): comments no, code yes.
+        backend = ("vllm",) if "vllm" in str(self.sampler.cache_key) and name in GENERATING else ()
+        config = {**config, "code": stage_code(name, backend)}
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
         _CURRENT[0] = label
@@ -181,17 +187,28 @@ class Stages:
             return self._stage(
                 "base_model", config, [], lambda d: write_json(d / "model.json", config), "base_model"
             )
+        warmup = splits.warmup
+        if not warmup:  # another dataset: the tiny model's warm-up is the embedded task's
+            from east.data.arith import ArithConfig, generate
+
+            warmup = generate(ArithConfig())["warmup"]
+            log.warning(
+                "model=tiny on dataset %s: its base policy is warmed up on the embedded arith task "
+                "(cached, shared with the default run); on these questions it exercises the "
+                "pipeline, its accuracy is not a result",
+                self.c.dataset.name,
+            )
         config = {
             "tiny": dataclasses.asdict(m.tiny),
             "system": m.system_prompt,
-            "warmup": problems_digest(splits.warmup),
+            "warmup": problems_digest(warmup),
             "recipe": WARMUP_RECIPE,
         }
 
         def warm_up(d: Path) -> None:
             scratch = d / ".work"
             scratch.mkdir()
-            write_jsonl(scratch / "warmup.jsonl", [p.to_dict() for p in splits.warmup])
+            write_jsonl(scratch / "warmup.jsonl", [p.to_dict() for p in warmup])
             spec = {
                 "kind": "tiny",
                 "out": str(d),
@@ -270,12 +287,18 @@ class Stages:
         from east.stages.build import build_records
 
         c = self.c
-        # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records.
+        # Vanilla runs (uniform, or e.g. power at a = 0) share one key: the same records. The
+        # mapping's own code is in the key: a mapping of yours whose body changes is rebuilt.
         mapping, sharpness = canonical(c.east.mapping, c.east.sharpness)
         config = {
             "objective": c.objective.name,
             "sft_k": c.objective.sft_k,
-            "east": {**dataclasses.asdict(c.east), "mapping": mapping, "sharpness": sharpness},
+            "east": {
+                **dataclasses.asdict(c.east),
+                "mapping": mapping,
+                "sharpness": sharpness,
+                "mapping_code": function_digest(get_mapping(mapping).raw),
+            },
             "filters": dataclasses.asdict(c.filters),
             "seed": c.seed,
         }

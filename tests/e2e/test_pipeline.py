@@ -329,7 +329,7 @@ def test_a_failed_cell_is_recorded_and_the_sweep_goes_on(first, cache, tmp_path)
     )
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     failed = json.loads(next(sweep.rglob("failed.json")).read_text())
-    assert failed["error"].startswith("RuntimeError: no training question survived the filters")
+    assert failed["error"].startswith("NothingToTrain: no training question survived the filters")
     assert "sampling.n=1" in failed["overrides"] and failed["traceback"]
     assert len(list(sweep.rglob("results.json"))) == 1  # the other cell ran
     table = (sweep / "table.md").read_text()
@@ -346,3 +346,58 @@ def test_float16_trains_on_fp32_master_weights(first, cache, tmp_path):
     losses = [h["loss"] for h in history if "loss" in h]
     assert losses and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     assert r["eval"]["arith"]["trained"] > 0
+
+
+#: SMALL without the embedded task's own keys (a jsonl dataset has no dataset.arith).
+SMALL_JSONL = [o for o in SMALL if not o.startswith("dataset.arith.")]
+
+
+def _run_jsonl(cache: Path, out: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[*SMALL_JSONL, f"paths.cache_dir={cache}", f"paths.output_dir={out}", *overrides],
+        )
+    return run(cfg)
+
+
+def _write_arith_jsonl(folder: Path, files: dict[str, str]) -> Path:
+    """Embedded-task questions as a bring-your-own JSON Lines dataset."""
+    from east.data.arith import ArithConfig, generate
+
+    parts = generate(ArithConfig(steps=1, max_number=5, warmup_size=600, train_size=24, test_size=16))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in files.items():
+        rows = [{"question": p.question, "answer": p.gold} for p in parts[split]]
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_the_default_model_runs_on_your_own_data(tmp_path):
+    """dataset=jsonl with the tiny model (once a StopIteration traceback from TRL): its warm-up
+    is the embedded task's, and the run goes through every stage."""
+    data = _write_arith_jsonl(tmp_path / "data", {"train.jsonl": "train", "test.jsonl": "test"})
+    r = _run_jsonl(tmp_path / "cache", tmp_path / "out", "dataset=jsonl", f"dataset.path={data}")
+    assert r["data"]["questions"] == 24 and r["eval"]["test"]["n"] == 16
+    assert "trained" in r["eval"]["test"]
+
+
+def test_one_file_for_train_and_test_is_refused_unless_asked(tmp_path):
+    from east.data import DataError
+
+    data = _write_arith_jsonl(tmp_path / "data", {"all.jsonl": "train"})
+    with pytest.raises(
+        DataError, match=r"all 24 of its questions are training questions .*allow_test_in_train"
+    ):
+        _run_jsonl(
+            tmp_path / "cache", tmp_path / "out", "dataset=jsonl", f"dataset.path={data / 'all.jsonl'}"
+        )
+    r = _run_jsonl(
+        tmp_path / "cache",
+        tmp_path / "out",
+        "dataset=jsonl",
+        f"dataset.path={data / 'all.jsonl'}",
+        "dataset.allow_test_in_train=true",
+        "evaluation.only=true",
+    )
+    assert r["eval"]["test"]["n"] == 24

@@ -117,7 +117,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
             "num_layers": 2,
             "num_heads": 2,
             "intermediate_size": 128,
-            "vocab_size": 256,
+            "vocab_size": 300,
             "seed": 3,
             "warmup_steps": 10,
             "warmup_batch_size": 16,
@@ -145,6 +145,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
         }.items()
     },
     "dataset.max_question_chars": (5000, ()),  # arith is generated: no rows to check
+    "dataset.allow_test_in_train": (True, ()),  # a check of the data, not a change to it
     "dataset.max_train": (50, ("sample",)),
     "dataset.max_test": (50, EVALS),
     # Every generated split is drawn disjoint from the others: each size shapes all of them.
@@ -193,6 +194,8 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "paths.lock_timeout_s": (30, ()),  # how long to wait for another builder
     "seed": (1, ("sample", "build", "train")),
     "experiment_name": ("mine", ()),
+    # Modules to import first: a mapping registered there is keyed by its own code (below).
+    "imports": ("[json]", ()),
 }
 #: Fields that choose which stages run (checked by label, not by key).
 #: field -> (value, labels removed, labels added, labels whose key changes).
@@ -364,3 +367,91 @@ def test_vanilla_runs_share_their_records_and_model(stage_keys):
     assert stage_keys(["mapping=power", "east.sharpness=0"]) == uniform
     assert stage_keys(["mapping=accuracy", "east.sharpness=0"]) == uniform
     assert stage_keys(["mapping=power", "east.sharpness=0.5"])["build"] != uniform["build"]
+
+
+MAPPING_V1 = '''from east.weighting import register_mapping
+
+
+@register_mapping("{name}")
+def soft_power(h, a):
+    """h^a, softened."""
+    return (h + 0.1) ** a
+'''
+
+
+def test_a_mapping_of_yours_is_keyed_by_its_code(stage_keys, tmp_path, monkeypatch):
+    """A mapping registered in a module listed in `imports`: editing its body rebuilds the
+    records it weights (it used to reuse them: the key covered the config, not the code); a
+    comment in it changes nothing."""
+    import importlib
+    import sys
+
+    from east.weighting import MAPPINGS
+
+    name = "soft_power_keytest"
+    module = tmp_path / "my_mappings_keytest.py"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def keys_with(source: str) -> dict[str, str]:
+        MAPPINGS.pop(name, None)
+        sys.modules.pop("my_mappings_keytest", None)
+        module.write_text(source)
+        importlib.invalidate_caches()
+        return stage_keys(["imports=[my_mappings_keytest]", f"east.mapping={name}"])
+
+    try:
+        first = keys_with(MAPPING_V1.format(name=name))
+        commented = keys_with(
+            MAPPING_V1.format(name=name).replace("softened.", "softened (a comment).") + "# end\n"
+        )
+        edited = keys_with(MAPPING_V1.format(name=name).replace("0.1", "0.2"))
+    finally:
+        MAPPINGS.pop(name, None)
+    assert commented == first
+    assert edited["build"] != first["build"] and edited["train"] != first["train"]
+    assert edited["sample"] == first["sample"]
+
+
+def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
+    """Code in a stage's modules is in its key; a comment anywhere, or code in a module no
+    stage reads, is not."""
+    from east import codeid
+
+    base = stage_keys([])
+    real = codeid.read_source
+
+    def reading(edits):
+        def read(module):
+            source = real(module)
+            return edits[module](source) if module in edits and source else source
+
+        return read
+
+    def keys_after(edits):
+        codeid.stage_code.cache_clear()
+        monkeypatch.setattr(codeid, "read_source", reading(edits))
+        try:
+            return stage_keys([])
+        finally:
+            monkeypatch.setattr(codeid, "read_source", real)
+            codeid.stage_code.cache_clear()
+
+    comments = {
+        m: (lambda s: "# a new comment\n" + s.replace("\n\n", "\n\n# and another\n", 1))
+        for m in ("east.stages.train", "east.grading.grade", "east.sampling")
+    }
+    assert keys_after(comments) == base
+    assert keys_after({"east.report": lambda s: s + "\nUNUSED = 1\n"}) == base  # no stage reads it
+    changed = keys_after({"east.stages.train": lambda s: s + "\nEXTRA = 1\n"})
+    assert {k for k in base if changed[k] != base[k]} == _downstream({"train"}) & set(base)
+
+
+def test_an_unknown_mapping_says_how_to_register_one():
+    from east.config import validate
+    from east.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"register_mapping\('name'\) in a module of yours .* imports"):
+        validate(_compose(["east.mapping=mine", "paths.cache_dir=/tmp/x"]))
+    with pytest.raises(ConfigError, match="invalid config imports: cannot import 'no_such_module_xyz'"):
+        validate(_compose(["imports=[no_such_module_xyz]", "paths.cache_dir=/tmp/x"]))
