@@ -196,7 +196,7 @@ BAD_FIELD_GOLDS = [
 @pytest.mark.parametrize(("answer", "kind"), BAD_FIELD_GOLDS)
 def test_field_golds_must_be_text_or_numbers(tmp_path, answer, kind):
     _write(tmp_path / "train.jsonl", [f'{{"question": "q", "answer": {answer}}}'])
-    _write(tmp_path / "test.jsonl", ['{"question": "q", "answer": "3"}'])
+    _write(tmp_path / "test.jsonl", ['{"question": "t", "answer": "3"}'])
     with pytest.raises(DataError, match=rf"train.jsonl:1: .*{re.escape(kind)}"):
         load_splits(_dataset_cfg("jsonl", path=tmp_path))
     _write(
