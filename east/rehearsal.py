@@ -186,7 +186,15 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
         problems.append(f"{sample_builds} sample stages built for {len(samples)} distinct keys: not reused")
     bos_checked = 0
     processes = sorted({r["train"]["processes"] for r in runs if r.get("train")})
-    for stage in sorted((cache / "sample").glob("[0-9a-f]*")):
+    # Only this rehearsal's artifacts: the cache may hold other runs' (python run.py first).
+    evaluations = {
+        key
+        for r in every
+        for label, s in r["stages"].items()
+        if label.startswith("evaluate_") and "_sampled_" not in label
+        for key in s["key"].split(",")
+    }
+    for stage in sorted(cache / "sample" / key for key in samples):
         example = json.loads((stage / "prompt_example.json").read_text())
         model = json.loads((stage / "stage.json").read_text())
         tok = AutoTokenizer.from_pretrained(model_path(cache / "base_model" / model["inputs"][0]))
@@ -197,7 +205,7 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
     # The trained models' evaluation prompts equal the base model's (tokenizer and template
     # survive training): same prompt digest for the same test set.
     by_test: dict[str, set[str]] = {}
-    for stage in (cache / "evaluate").glob("[0-9a-f]*"):
+    for stage in sorted(cache / "evaluate" / key for key in evaluations):
         config = json.loads((stage / "stage.json").read_text())["config"]
         by_test.setdefault(config["test"], set()).add(config["prompts"])
     for test, digests in by_test.items():

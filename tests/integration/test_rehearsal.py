@@ -46,9 +46,25 @@ def _rehearse(tmp_path, shared_data, pattern: str) -> dict:
     return checked[-1]
 
 
+def _plant_foreign_artifacts(cache):
+    """Artifacts of another run in the same cache (python run.py, first): not the rehearsal's,
+    and the check must leave them alone."""
+    sample = cache / "sample" / "0123456789abcdef0123"
+    sample.mkdir(parents=True)
+    (sample / "prompt_example.json").write_text(json.dumps({"token_ids": [7, 7]}))
+    (sample / "stage.json").write_text(json.dumps({"inputs": ["fedcba9876543210fedc"]}))
+    evaluate = cache / "evaluate" / "0123456789abcdef0123"
+    evaluate.mkdir(parents=True)
+    (evaluate / "stage.json").write_text(json.dumps({"config": {"test": "gsm8k", "prompts": "other"}}))
+
+
 def test_rehearsal_of_two_cells(tmp_path, shared_data):
+    _plant_foreign_artifacts(tmp_path / "cache")
     summary = _rehearse(tmp_path, shared_data, "llama*_gsm8k_sft_east")
     assert summary["problems"] == []
+    table = (tmp_path / "sweep" / "table.md").read_text()
+    assert "| rehearsal-llama1b | +EAST |" in table and "| rehearsal-llama8b | +EAST |" in table
+    assert "llama-3.2-1b" not in table and "paper" not in table.splitlines()[0]
     assert summary["cells"] == 2
     assert summary["train_processes"] == [1, 2]  # the 8B cells train on two processes
     # One sample build (a phase A; the other model's phase A finds it: the rehearsal's two
