@@ -40,8 +40,9 @@ def plot_run(histograms: dict[str, list[float]], out_dir: str | Path) -> list[Pa
     """Histogram of the training questions' entropies; weight vs entropy of the kept ones."""
     out_dir = Path(out_dir)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(histograms["entropy"], bins=20, color="tab:blue", alpha=0.8, label="all questions")
-    ax.hist(histograms["kept_entropy"], bins=20, color="tab:orange", alpha=0.6, label="kept")
+    bins = shared_bins(histograms["entropy"], histograms["kept_entropy"])  # one bar width for both
+    ax.hist(histograms["entropy"], bins=bins, color="tab:blue", alpha=0.8, label="all questions")
+    ax.hist(histograms["kept_entropy"], bins=bins, color="tab:orange", alpha=0.6, label="kept")
     ax.set(xlabel="entropy (bits)", ylabel="questions", title="answer entropy of training questions")
     ax.legend()
     first = _save(fig, out_dir / "entropy_hist.png")
@@ -52,11 +53,22 @@ def plot_run(histograms: dict[str, list[float]], out_dir: str | Path) -> list[Pa
     return [first, _save(fig, out_dir / "weight_vs_entropy.png")]
 
 
+def shared_bins(*series: list[float], bins: int = 20) -> np.ndarray:
+    """Bin edges spanning every series, so that histograms drawn over each other compare bar
+    for bar (each series binned on its own range would not)."""
+    values = np.concatenate([np.asarray(s, dtype=float) for s in series if len(s)] or [np.zeros(1)])
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
+
+
 def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Trained accuracy vs sharpness per objective and test set (the paper's Figure 3), for
     runs of the paper's mapping (power) and vanilla runs (at a = 0). Each point is the mean
     over seeds and questions; the band is its 95% bootstrap interval over test questions
-    where the runs stored predictions (else error bars: the seeds' standard deviation)."""
+    where the runs stored predictions (else error bars: the seeds' standard deviation). A
+    dashed line per test set marks the base model's accuracy (before self-training)."""
     from east.stats import accuracy_interval
     from east.weighting import is_vanilla
 
@@ -74,6 +86,13 @@ def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> 
             if r["eval"][test].get("trained") is not None:
                 points[(r["run"]["objective"], test)][a].append(r)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    bases: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        for test, e in r["eval"].items():
+            if e.get("base") is not None and any(t == test for _, t in points):
+                bases[test].append(100 * e["base"])
+    for test, values in sorted(bases.items()):  # greedy: the same under every seed
+        ax.axhline(float(np.mean(values)), color="grey", ls="--", lw=1, label=f"base model / {test}")
     for (objective, test), by_a in sorted(points.items()):
         xs = sorted(by_a)
         stats = [_band(by_a[x], test, "trained", accuracy_interval) for x in xs]

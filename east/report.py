@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from east.runs import align, collect_runs, collect_wandb, predictions_of
+from east.runs import align, collect_runs, collect_wandb, predictions_of, resolve_sweep_dir
 
 __all__ = [
     "PAPER",
@@ -27,6 +27,7 @@ __all__ = [
     "collect_runs",
     "collect_wandb",
     "paper_number",
+    "resolve_sweep_dir",
     "setting_of",
     "to_markdown",
     "write_report",
@@ -243,6 +244,8 @@ def _fmt(cell: dict[str, Any]) -> str:
         return "–"
     if cell.get("seeds") is None:
         return f"{cell['mean']:.1f}"
+    if cell["seeds"] == 1:  # one seed has no spread to show
+        return f"{cell['mean']:.1f} (n=1)"
     return f"{cell['mean']:.1f} ± {cell['std']:.1f} (n={cell['seeds']})"
 
 
@@ -270,13 +273,15 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
     then the paper's number and our difference from it."""
     cols = table_columns(table)
     tests = [c for c in cols if c != "AVG"]
+    # The paper's columns only where the paper has a number for a model in the table.
+    with_paper = any(rec[c]["paper"] is not None for rec in table for c in cols)
     head = [
         "model",
         "setting",
         *cols,
         *(f"paired Δ {c} [95% CI]" for c in tests),
-        *(f"paper {c}" for c in cols),
-        *(f"vs paper {c}" for c in cols),
+        *((f"paper {c}" for c in cols) if with_paper else ()),
+        *((f"vs paper {c}" for c in cols) if with_paper else ()),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rec in table:
@@ -284,7 +289,8 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
         paired = [_fmt_paired(rec[c]) for c in tests]
         paper = ["–" if rec[c]["paper"] is None else f"{rec[c]['paper']:.1f}" for c in cols]
         diff = ["–" if rec[c]["diff"] is None else f"{rec[c]['diff']:+.1f}" for c in cols]
-        lines.append("| " + " | ".join([rec["model"], rec["label"], *ours, *paired, *paper, *diff]) + " |")
+        extra = [*paper, *diff] if with_paper else []
+        lines.append("| " + " | ".join([rec["model"], rec["label"], *ours, *paired, *extra]) + " |")
     note = (
         "\nPaired Δ: accuracy points of the row minus its reference (an EAST or baseline row: its "
         "vanilla row; a vanilla row: the base model), on the same questions and seeds; 95% paired "
@@ -359,11 +365,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from east.runs import missing_cells
 
-    runs = collect_runs(args.sweep_dir)
-    missing = missing_cells(args.sweep_dir, [e for e in args.expect.split(",") if e])
+    try:
+        sweep = resolve_sweep_dir(args.sweep_dir)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    runs = collect_runs(sweep)
+    missing = missing_cells(sweep, [e for e in args.expect.split(",") if e])
     if not runs and not missing:
-        raise SystemExit(f"no results.json under {args.sweep_dir}")
-    paths = write_report(runs, args.out or args.sweep_dir, missing=missing)
+        raise SystemExit(f"no results.json under {sweep}")
+    paths = write_report(runs, args.out or sweep, missing=missing)
     print(paths["markdown"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     if missing:

@@ -22,6 +22,27 @@ __all__ = [
 FAILED = "failed.json"
 
 
+def resolve_sweep_dir(sweep_dir: str | Path) -> Path:
+    """A sweep folder as a person means it: an absolute path as is; a relative one against the
+    current folder, else against the repository root (a notebook's kernel runs in
+    ``notebooks/``, where ``multirun/...`` is not). Raises FileNotFoundError naming where it
+    looked."""
+    path = Path(sweep_dir).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        root = Path(__file__).resolve().parents[1]
+        candidates = [Path.cwd() / path]
+        if (root / "run.py").exists() and root != Path.cwd():
+            candidates.append(root / path)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"no sweep folder {str(sweep_dir)!r}: looked in {', '.join(map(str, candidates))}"
+    )
+
+
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``results.json`` below ``sweep_dir`` (sorted by path)."""
     paths = sorted(Path(sweep_dir).rglob("results.json"))

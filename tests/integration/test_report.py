@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,32 @@ def test_figures(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+def test_paper_columns_only_for_models_the_paper_reports_and_one_seed_says_n1():
+    tiny = to_markdown(build_table([_run("sft", "uniform", 0, 0, 0.5, model="tiny", test="arith")]))
+    assert "paper" not in tiny.splitlines()[0]  # no paper number for the tiny model: no columns
+    assert "50.0 (n=1)" in tiny and "± 0.0" not in tiny
+    llama = to_markdown(build_table([_run("sft", "uniform", 0, s, 0.5 + s / 100) for s in (0, 1)]))
+    assert "paper gsm8k" in llama.splitlines()[0] and "50.5 ± 0.7 (n=2)" in llama
+
+
+def test_the_sharpness_figure_has_the_base_model_and_histograms_share_bins(tmp_path, monkeypatch):
+    import east.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    runs = [_run("sft", "power", a, 0, 0.5 + 0.01 * a, base=0.42) for a in (0, 1, 2)]
+    plots.plot_accuracy_vs_sharpness(runs, tmp_path / "a.png")
+    ax = figures[-1].axes[0]
+    base = [line for line in ax.get_lines() if line.get_label() == "base model / gsm8k"]
+    assert len(base) == 1 and base[0].get_ydata()[0] == pytest.approx(42.0)
+
+    plots.plot_run({"entropy": [0.0, 0.5, 3.0], "kept_entropy": [0.5, 1.0], "weight": [0.8, 1.2]}, tmp_path)
+    bars = figures[-2].axes[0].patches
+    widths = {round(b.get_width(), 9) for b in bars}
+    assert len(widths) == 1  # both series on the same edges
+    assert plots.shared_bins([0.0, 3.0], [0.5]).tolist()[::20] == [0.0, 3.0]
+
+
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
@@ -103,9 +130,25 @@ def test_a_sweep_writes_its_own_report(small_sweep):
     assert (small_sweep / "accuracy_vs_sharpness.png").stat().st_size > 1000
 
 
+def _execute_notebook(tmp_path, **env):
+    """``jupyter nbconvert --execute`` as a person runs it (the kernel in notebooks/), with
+    what ``.[dev]`` installs."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute"),
+            *("--output-dir", str(tmp_path), "--ExecutePreprocessor.timeout=300"),
+            str(ROOT / "notebooks" / "results_table.ipynb"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     import nbformat
-    from nbclient import NotebookClient
 
     runs = collect_runs(small_sweep)
     assert len(runs) == 8
@@ -114,14 +157,13 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         "store the notebook without outputs"
     )
-    os.environ.update(EAST_SWEEP_DIR=str(small_sweep), EAST_REPORT_OUT=str(tmp_path))
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-        ).execute()
-    finally:
-        for key in ("EAST_SWEEP_DIR", "EAST_REPORT_OUT"):
-            os.environ.pop(key)
+    # A relative sweep folder, as from the repository root: the kernel runs in notebooks/.
+    relative = os.path.relpath(small_sweep, ROOT)
+    out = _execute_notebook(tmp_path, EAST_SWEEP_DIR=relative, EAST_REPORT_OUT=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    executed = nbformat.read(tmp_path / "results_table.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert f"8 runs from {small_sweep.resolve()}" in printed
     table = (tmp_path / "table.md").read_text()
     for label in ("default", "SFT", "DPO"):
         assert f"| tiny | {label} |" in table
@@ -133,6 +175,14 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     rows = list(csv.reader((tmp_path / "table.csv").open()))
     assert rows[0][:4] == ["model", "setting", "variant", "arith_mean"]
     assert all(len(r) == len(rows[0]) for r in rows)  # header and rows line up
+
+
+def test_the_notebook_stops_on_a_folder_with_no_runs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = _execute_notebook(tmp_path, EAST_SWEEP_DIR=str(tmp_path / "empty"), EAST_REPORT_OUT=str(tmp_path))
+    assert out.returncode != 0 and "no finished runs (results.json) in" in out.stderr
+    out = _execute_notebook(tmp_path, EAST_SWEEP_DIR="no/such/sweep", EAST_REPORT_OUT=str(tmp_path))
+    assert out.returncode != 0 and "no sweep folder 'no/such/sweep'" in out.stderr
 
 
 def test_report_command_line(small_sweep, tmp_path):
