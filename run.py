@@ -31,7 +31,9 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     except KeyboardInterrupt:
         from east.stages.driver import current_stage
+        from east.tracking import close_progress_bars
 
+        close_progress_bars()
         stage = current_stage()
         where = f" in stage {stage}" if stage else ""
         print(f"interrupted{where}; rerun the same command to continue", file=sys.stderr)

@@ -84,31 +84,41 @@ class StageCache:
         in place."""
         return self.root / stage / f".work-{key}"
 
-    def run(self, stage: str, config: Any, inputs: list[str], build: Callable[[Path], None]) -> StageResult:
+    def run(
+        self,
+        stage: str,
+        config: Any,
+        inputs: list[str],
+        build: Callable[[Path], None],
+        label: str | None = None,
+    ) -> StageResult:
         """Return the artifact of ``stage`` for this config and inputs, building it if absent
         (or if what stands at its path is not a verified artifact of this key).
 
-        ``build(tmp_dir)`` writes the artifact's files into ``tmp_dir``.
+        ``build(tmp_dir)`` writes the artifact's files into ``tmp_dir``. ``label``: the name
+        the logs give this use of the stage (``evaluate_base_gsm8k``), by default ``stage``.
         """
         key = stage_key(stage, config, inputs)
+        shown = label or stage
         final = self.path(stage, key)
         start = time.perf_counter()
         if usable(final, stage, key) is None:
-            log.info("stage %s: cached (%s)", stage, key)
+            log.info("stage %s: cached (%s)", shown, key)
             return StageResult(stage, key, final, True, time.perf_counter() - start)
         final.parent.mkdir(parents=True, exist_ok=True)
         # One builder per key: cells of a sweep (a SLURM array on a shared cache) that need
         # the same artifact wait for whichever started first, then read what it wrote.
-        with _key_lock(self._lock_path(stage, key), stage, key, self.lock_timeout_s):
+        with _key_lock(self._lock_path(stage, key), shown, key, self.lock_timeout_s):
             self._remove_stale_tmp(final.parent, key)
             problem = usable(final, stage, key)
             if problem is None:
-                log.info("stage %s: built by another process meanwhile (%s)", stage, key)
+                log.info("stage %s: built by another process meanwhile (%s)", shown, key)
                 return StageResult(stage, key, final, True, time.perf_counter() - start)
             if problem != ABSENT:
-                log.warning("stage %s (key %s) at %s: %s; set aside and rebuilt", stage, key, final, problem)
+                log.warning("stage %s (key %s) at %s: %s; set aside and rebuilt", shown, key, final, problem)
                 self._discard(final)
-            return self._build(stage, config, inputs, key, final, build, start)
+            log.info("stage %s: building (%s)", shown, key)
+            return self._build(stage, config, inputs, key, final, build, start, shown)
 
     def _lock_path(self, stage: str, key: str) -> Path:
         locks = self.root / ".locks"  # kept: unlinking a lock file others may hold races
@@ -170,6 +180,7 @@ class StageCache:
         final: Path,
         build: Callable[[Path], None],
         start: float,
+        label: str,
     ) -> StageResult:
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -189,7 +200,7 @@ class StageCache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         seconds = time.perf_counter() - start
-        log.info("stage %s: built in %.1fs (%s)", stage, seconds, key)
+        log.info("stage %s: built in %.1fs (%s)", label, seconds, key)
         return StageResult(stage, key, final, False, seconds)
 
 

@@ -110,8 +110,9 @@ class ModelConfig:
             fail(
                 "model.path",
                 self.path or self.gguf,
-                "model=tiny builds its own weights and reads no path; "
-                "for real weights choose a model config (model=llama-3.2-1b model.path=...)",
+                f"model.tiny is set (by model=tiny, or debug=fast, which is for the tiny model) on "
+                f"model {self.name!r}, which reads weights: model.tiny builds its own weights and "
+                "reads no path; for real weights leave model.tiny null (model=llama-3.2-1b model.path=...)",
             )
         elif self.tiny is None and not self.path and not self.gguf:
             fail("model.path", self.path, "a hub id or local folder is required for non-tiny models")
@@ -274,6 +275,44 @@ class DistributedConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient training (conf/peft/): ``none`` trains every weight; ``lora`` trains
+    low-rank adapters on the frozen policy (PEFT's LoraConfig), the DPO / KTO reference being
+    the same model with its adapters off, and the train stage saves the merged model."""
+
+    method: str = "none"  # none | lora
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # "all-linear" (every linear layer but the output head) or a list of module names.
+    target_modules: Any = "all-linear"
+
+    def __post_init__(self) -> None:
+        check_choice("peft.method", self.method, ("none", "lora"))
+        check_int("peft.r", self.r, 1, 65536)
+        check_real("peft.alpha", self.alpha, 1e-6, 1e6)
+        check_real("peft.dropout", self.dropout, 0.0, 0.99)
+        modules = self.target_modules
+        if isinstance(modules, str):
+            ok = bool(modules.strip())
+        else:
+            modules = (
+                list(modules) if isinstance(modules, list | tuple) or hasattr(modules, "__iter__") else None
+            )
+            ok = bool(modules) and all(isinstance(m, str) and m.strip() for m in modules)
+            if ok:
+                self.target_modules = [str(m) for m in modules]
+        if not ok:
+            fail(
+                "peft.target_modules", self.target_modules, '"all-linear" or a non-empty list of module names'
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING
     output_dir: str | None = None  # null: Hydra's run folder (outputs/<date>/<time>/)
@@ -333,6 +372,7 @@ class Config:
     grading: GradingConfig = field(default_factory=GradingConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     seed: int = 0
@@ -402,6 +442,7 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bo
     c.sampler = sampler_config(c.sampler)
     apply_command_line_precedence(c, list(command_line))
     _check_trainer_settings(c)
+    _check_peft(c)
     batch_layout(c)
     if devices:
         _check_placement(c)
@@ -420,6 +461,24 @@ def _check_sampler_installed(c: Config) -> None:
         importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"invalid config sampler._target_={target!r}: {e}") from None
+
+
+def _check_peft(c: Config) -> None:
+    """LoRA trains on whole-model processes (one, or DDP): its merged checkpoint is written from
+    an unsharded model."""
+    dist = c.distributed
+    if not c.peft.enabled or dist.num_processes == 1 or not dist.accelerate_config:
+        return
+    import yaml
+
+    kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
+    if kind in ("FSDP", "DEEPSPEED"):
+        fail(
+            "peft.method",
+            c.peft.method,
+            f"LoRA with {kind} is not supported here (the merged model is written from an unsharded "
+            "policy); LoRA's frozen base fits where full training does not: use distributed=none or ddp",
+        )
 
 
 def _check_placement(c: Config) -> None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from east import results
 from east.cache import StageResult, read_json, write_json
-from east.config import Config, validate
+from east.config import Config, trainer_settings, validate
 from east.data import load_splits
 from east.stages.driver import Stages, make_sampler
 
@@ -31,13 +31,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment from a composed config; return (and write) its results."""
     import hydra.utils
 
+    from east.tracking import quiet_libraries
+
+    quiet_libraries()
     c = validate(cfg, _command_line_overrides())
     check_sources(c)
     out_dir = Path(c.paths.output_dir or _hydra_output_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = hydra.utils.instantiate(cfg.logger)
+    settings = trainer_settings(c)
+    if not (c.evaluation.only or c.stop_after):
+        log.info(
+            "%s trainer settings (objective.trainer, then model.trainer_overrides.%s, then the command "
+            "line; train_info.json records all the trainer ran with): %s",
+            c.objective.name,
+            c.objective.name,
+            ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "TRL's defaults",
+        )
     logger.start(
-        dataclasses.asdict(c),
+        {**dataclasses.asdict(c), "trainer_settings": settings},
         name=f"{c.objective.name}-{c.east.mapping}-a{c.east.sharpness}-s{c.seed}",
         group=c.experiment_name or os.environ.get("EAST_SWEEP_GROUP") or _sweep_name(),
         directory=str(out_dir),
@@ -49,6 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(f"shared stages of {c.model.name} on {c.dataset.name} in place ({outcome['seconds']:.0f}s)")
             return outcome
         results.write_predictions(out_dir / "predictions.jsonl", evaluated)
+        outcome["paths"] = {"run": str(out_dir), **outcome["paths"]}
         write_json(out_dir / "results.json", outcome)  # before any W&B call can fail
         hists = results.histograms(stats)
         images = []
@@ -57,9 +70,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
             images = plot_run(hists, out_dir)
         results.log_results(logger, outcome, hists, images)
+        where = logger.where()
     finally:
         logger.finish()
-    results.print_summary(outcome)
+    results.print_summary(outcome, where)
     return outcome
 
 
@@ -102,7 +116,7 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[t
     for name, problems in splits.tests.items():
         entry: dict[str, Any] = {"n": len(problems)}
         for which, m in targets:
-            label = "evaluate_base" if which == "base" else "evaluate"
+            label = f"evaluate_{which}"
             evaluated[(name, which)] = stages.evaluate(m, name, problems, f"{label}_{name}")
             entry[which] = results.accuracy(evaluated[(name, which)])
             if c.evaluation.samples:
@@ -113,6 +127,7 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[t
     trained = None if only else model
     seconds = time.perf_counter() - start
     stats = results.training_stats(records)
+    results.add_paired(evals, evaluated)
     outcome = results.assemble(c, splits, stages.results, evals, per_round, stats, trained, seconds)
     return outcome, stats, evaluated
 

@@ -78,7 +78,32 @@ def assemble(
         "rounds": per_round,
         "paper": paper_number(run),
         "seconds": round(seconds, 2),
+        "paths": {"trained_model": None if model is None else str(model.path / "model")},
     }
+
+
+def add_paired(evals: dict[str, dict[str, Any]], evaluated: dict[tuple[str, str], StageResult]) -> None:
+    """Per test set with both evaluations, ``delta``: trained minus base on the same questions,
+    in accuracy points, with its 95% paired bootstrap interval and sign-flip p-value
+    (:func:`east.stats.paired_comparison`)."""
+    from east.stats import paired_comparison
+
+    for name, entry in evals.items():
+        if (name, "base") not in evaluated or (name, "trained") not in evaluated:
+            continue
+        base, trained = (
+            {r["id"]: bool(r["correct"]) for r in _predictions(evaluated[(name, w)])}
+            for w in ("base", "trained")
+        )
+        ids = sorted(base.keys() & trained.keys())
+        if not ids:
+            continue
+        d = paired_comparison([[trained[i] for i in ids]], [[base[i] for i in ids]])
+        entry["delta"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in d.to_dict().items()}
+
+
+def _predictions(stage: StageResult) -> list[dict[str, Any]]:
+    return read_jsonl(stage.path / "predictions.jsonl")
 
 
 def write_predictions(path: Path, evaluated: dict[tuple[str, str], StageResult]) -> None:
@@ -150,22 +175,47 @@ def log_results(
     logger.summary({**flat, "results_json": json.dumps(results)})
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def print_summary(results: dict[str, Any], logged: list[tuple[str, str]] = ()) -> None:
+    """What a person reads at the end of a run: what ran, on what data, the accuracies with the
+    paired change and its interval, and where the run folder, the trained model and the W&B
+    log are (``logged``: the logger's :meth:`where`)."""
+    print(summary_text(results, logged))
+
+
+def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) -> str:
     r, d = results["run"], results["data"]
     lines = [
-        f"EAST {r['objective']} mapping={r['mapping']} a={r['sharpness']} seed={r['seed']} "
+        f"EAST {r['objective']} mapping={r['mapping']} a={r['sharpness']:g} seed={r['seed']} "
         f"({r['model']} on {r['dataset']}, {results['seconds']:.0f}s)"
     ]
     if d["kept"]:
+        w, h = d["weight"], d["entropy"]
         lines.append(
-            f"  kept {d['kept']}/{d['questions']} questions, mean weight {d['weight']['mean']:.3f}, "
-            f"mean entropy {d['entropy']['mean']:.3f} bits"
+            f"  kept {d['kept']}/{d['questions']} questions; weights {w['min']:.2f} to {w['max']:.2f} "
+            f"(mean 1 by construction); entropy {h['min']:.2f} to {h['max']:.2f} bits, mean {h['mean']:.2f}"
         )
-    lines.append(f"  {'test set':<12}{'base':>8}{'trained':>9}{'n':>6}")
+    lines.append("  accuracy in % of test questions (results.json holds fractions):")
+    lines.append(f"  {'test set':<12}{'base':>7}{'trained':>9}  {'trained - base [95% CI]':<30}{'n':>6}")
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
     for name, e in results["eval"].items():
-        lines.append(f"  {name:<12}{pct(e.get('base')):>8}{pct(e.get('trained')):>9}{e['n']:>6}")
-    print("\n".join(lines))
+        delta = e.get("delta")
+        change = "-"
+        if delta:
+            change = (
+                f"{delta['delta']:+.1f} [{delta['low']:+.1f}, {delta['high']:+.1f}] p={delta['p_value']:.2g}"
+            )
+        lines.append(
+            f"  {name:<12}{pct(e.get('base')):>7}{pct(e.get('trained')):>9}  {change:<30}{e['n']:>6}"
+        )
+    paths = results.get("paths", {})
+    for label, value in (
+        ("run folder", paths.get("run")),
+        ("trained model", paths.get("trained_model")),
+        *logged,
+    ):
+        if value:
+            lines.append(f"  {label + ':':<16}{value}")
+    return "\n".join(lines)

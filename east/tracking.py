@@ -42,6 +42,10 @@ class NullLogger:
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def where(self) -> list[tuple[str, str]]:
+        """Where this run's log is, as (label, value) lines for the printed summary."""
+        return []
+
     def finish(self) -> None:
         pass
 
@@ -68,10 +72,14 @@ class WandbLogger(NullLogger):
         self.mode = mode or env_mode or "offline"
         self.project = project or os.environ.get("WANDB_PROJECT") or "east"
         self.entity = entity or os.environ.get("WANDB_ENTITY")
-        self.tags = list(tags or [])
+        self.tags = [str(t) for t in (tags or [])]
+        for tag in self.tags:  # W&B refuses these at init, which would end the logging
+            if not 0 < len(tag) <= 64:
+                raise ConfigError(f"invalid config logger.tags: {tag!r}: a tag is 1 to 64 characters")
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = None
         self.failed = False
+        self.location: list[tuple[str, str]] = []
 
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -107,6 +115,22 @@ class WandbLogger(NullLogger):
             tags=self.tags,
             reinit="finish_previous",
         )
+        if self.run is not None:
+            with contextlib.suppress(Exception):  # only for the summary: never worth failing over
+                self.location = self._location()
+
+    def _location(self) -> list[tuple[str, str]]:
+        from pathlib import Path
+
+        if self.mode == "offline":
+            folder = Path(self.run.dir).parent  # .../wandb/offline-run-<time>-<id>
+            return [("W&B (offline)", str(folder)), ("upload it with", f"wandb sync {folder}")]
+        if self.mode == "online":
+            return [("W&B run", str(self.run.url))]
+        return []
+
+    def where(self) -> list[tuple[str, str]]:
+        return [] if self.failed else self.location
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:
@@ -148,3 +172,88 @@ def logger_callback(logger: NullLogger) -> Any:
                 logger.log({**metrics, "train/global_step": state.global_step})
 
     return LoggerCallback()
+
+
+def quiet_libraries() -> None:
+    """Silence what libraries print that says nothing to a person running an experiment: the
+    per-call progress bars of weight loading, shard writing and dataset mapping, and the
+    deprecation warning TRL's own config defaults set off. Our own bars (sampling, training)
+    and every warning about the run itself stay."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def console_every(max_steps: int, logging_steps: float | int) -> int:
+    """How often the console shows a training step: every ``logging_steps`` (an int, or a
+    fraction of the run as TRL reads a float below 1), but at most about ten lines a training."""
+    steps = (
+        logging_steps * max_steps if isinstance(logging_steps, float) and logging_steps < 1 else logging_steps
+    )
+    return max(1, int(steps), -(-max_steps // 10))
+
+
+def close_progress_bars() -> None:
+    """End every open progress bar on its own line, so that a message printed next (Ctrl-C's
+    one line) is the last thing on the console, not overdrawn by a bar closing at exit."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def console_progress(trainer: Any, label: str) -> None:
+    """Replace transformers' console output of ``trainer`` (a dict line per logging step, or
+    with ``disable_tqdm`` every dict printed) by one progress bar with an ETA and a compact log
+    line every :func:`console_every` steps: step, epoch, loss, learning rate, the batch's
+    weights, elapsed time and ETA. What W&B and the log history receive does not change."""
+    import time
+
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, *args: Any, **kwargs: Any) -> None:  # the bar, without the dicts
+            pass
+
+    class StepLog(TrainerCallback):
+        start = 0.0
+        every = 1
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.monotonic()
+            self.every = console_every(state.max_steps, args.logging_steps)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+        ) -> None:
+            step, total = state.global_step, state.max_steps
+            if not (state.is_world_process_zero and logs and "loss" in logs):
+                return
+            if step % self.every and step != total:
+                return
+            elapsed = time.monotonic() - self.start
+            eta = elapsed / step * (total - step) if step else 0.0
+            parts = [f"{label}: step {step}/{total}", f"epoch {state.epoch:.2f}", f"loss {logs['loss']:.4g}"]
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            if "weight_min" in logs and "weight_max" in logs:
+                parts.append(f"weights {logs['weight_min']:.2f}-{logs['weight_max']:.2f}")
+            parts.append(f"{elapsed:.0f}s, ETA {eta:.0f}s")
+            log.info(", ".join(parts))
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(BarOnly())
+    trainer.add_callback(StepLog())

@@ -67,7 +67,6 @@ def warm_up_tiny(
         save_strategy="no",
         logging_steps=50,
         seed=get("seed"),
-        disable_tqdm=True,
     )
     trainer = WeightedSFTTrainer(
         model=model,
@@ -76,6 +75,9 @@ def warm_up_tiny(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    from east.tracking import console_progress
+
+    console_progress(trainer, "warm-up")
     trainer.train()
     save_trained(trainer, d, "float32", "no")
 

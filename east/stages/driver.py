@@ -57,7 +57,7 @@ class Stages:
         self.cache = StageCache(c.paths.cache_dir, c.paths.lock_timeout_s)
         self.cache.clean_stale()
         self.isolate = isolation(c.isolate_stages)
-        #: Every stage this run used, by label (e.g. ``sample``, ``train_r1``, ``evaluate_arith``).
+        #: Every stage this run used, by label (e.g. ``sample``, ``train_r1``, ``evaluate_trained_arith``).
         self.results: dict[str, StageResult] = {}
         self._prompt_cache: dict[tuple[str, str], Prompts] = {}
 
@@ -81,7 +81,7 @@ class Stages:
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
         _CURRENT[0] = label
-        result = self.cache.run(name, config, keys, (lambda d: build(d, work_dir)) if work else build)
+        result = self.cache.run(name, config, keys, (lambda d: build(d, work_dir)) if work else build, label)
         _CURRENT[0] = None
         if work_dir is not None and not result.cached:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -336,6 +336,9 @@ class Stages:
         dist = c.distributed
         if layout["processes"] > 1:  # DDP, FSDP and ZeRO-3 reduce in different orders
             config["accelerate_config"] = dist.accelerate_config
+        peft = dataclasses.asdict(c.peft) if c.peft.enabled else None
+        if peft:  # (absent when off: full-training keys stay what they were)
+            config["peft"] = peft
         label = round_label("train", round_)
 
         def write(d: Path, work: Path) -> None:
@@ -349,6 +352,7 @@ class Stages:
                 "seed": c.seed,
                 "chat_template": c.model.chat_template,
                 "dtype": c.model.dtype,
+                "peft": peft,
                 "report_to": [],  # the driver logs through its own logger
             }
             if dist.num_processes > 1:

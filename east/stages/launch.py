@@ -78,6 +78,9 @@ def shards(n: int, count: int) -> list[range]:
 def worker_logging() -> None:
     """A worker's log lines on stderr, in the driver's (Hydra's) format."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from east.tracking import quiet_libraries
+
+    quiet_libraries()
 
 
 def report_device_memory(stage: str) -> None:

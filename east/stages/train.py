@@ -8,7 +8,13 @@ Spec (JSON, written by the driver): ``objective``, ``base_path`` (the policy's w
 ``records`` (JSON Lines), ``out_dir`` (where the trained model, its log history and
 ``train_info.json`` go), ``work_dir`` (checkpoints; kept across a killed run), ``settings``
 (TRL config values), ``seed``, ``chat_template``, ``dtype`` (the model's: sampling and the
-DPO/KTO reference use it), ``report_to``.
+DPO/KTO reference use it), ``peft`` (null, or :class:`east.config.PeftConfig`'s fields),
+``report_to``.
+
+LoRA (``peft.method=lora``): PEFT adapters on the policy, the base weights frozen in the
+model's dtype (fp32 on a CPU) and the adapters in fp32 (PEFT's default upcast); DPO / KTO get
+no reference model, so TRL computes the reference with the adapters disabled; the merged
+model is saved (and the adapter beside it, under ``adapter/``).
 
 Precision: on a GPU the trainable policy is loaded in fp32 and trained under bf16 (or fp16,
 with a loss scaler) autocast, so that small updates are not lost to bf16 rounding; the
@@ -77,13 +83,19 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     mixed = precision(spec["dtype"], cuda)
     args = _trainer_args(config_cls, work, spec["settings"], spec["seed"], spec["report_to"], mixed, cuda)
     tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
-    # The policy in fp32, whatever the model's dtype: the optimiser's master weights (on a GPU
-    # autocast computes in bf16 / fp16; a CPU trains in fp32).
-    model = load_model(spec["base_path"], "float32")
-    extra = {}
-    if objective != "sft" and args.world_size == 1 and not getattr(args, "deepspeed", None):
-        # The frozen reference in the model's dtype (TRL would copy the policy's fp32).
-        extra["ref_model"] = load_model(spec["base_path"], spec["dtype"])
+    extra: dict[str, Any] = {}
+    if spec.get("peft"):
+        # Only the adapters train (fp32 master weights: PEFT upcasts them); the frozen base stays
+        # in the model's dtype on a GPU. The reference of DPO / KTO: the adapters switched off.
+        model = load_model(spec["base_path"], spec["dtype"] if cuda else "float32")
+        extra["peft_config"] = lora_config(spec["peft"])
+    else:
+        # The policy in fp32, whatever the model's dtype: the optimiser's master weights (on a
+        # GPU autocast computes in bf16 / fp16; a CPU trains in fp32).
+        model = load_model(spec["base_path"], "float32")
+        if objective != "sft" and args.world_size == 1 and not getattr(args, "deepspeed", None):
+            # The frozen reference in the model's dtype (TRL would copy the policy's fp32).
+            extra["ref_model"] = load_model(spec["base_path"], spec["dtype"])
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -92,11 +104,27 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         callbacks=callbacks,
         **extra,
     )
+    from east.tracking import console_progress
+
+    console_progress(trainer, f"train {objective}")
     resume = last_checkpoint(work)
     if resume:
         log.info("resuming training from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     save_trained(trainer, out, spec["dtype"], mixed)
+
+
+def lora_config(peft: dict[str, Any]) -> Any:
+    """PEFT's LoraConfig from :class:`east.config.PeftConfig`'s fields."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(peft["r"]),
+        lora_alpha=float(peft["alpha"]),
+        lora_dropout=float(peft["dropout"]),
+        target_modules=peft["target_modules"],
+        task_type="CAUSAL_LM",
+    )
 
 
 def _trainer_args(
@@ -153,13 +181,23 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
 
     from east.models import resolve_dtype
 
-    trained = next(trainer.model.parameters()).dtype
     saved = resolve_dtype(dtype)
-    if saved != trained and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
-        trainer.model.to(saved)  # fp32 master weights -> the dtype sampling loads (ZeRO-3 saves 16-bit)
-    trainer.save_model(str(out / "model"))
-    if not trainer.accelerator.is_main_process:
-        return
+    adapters = is_peft(trainer.model)
+    peft_info = _peft_info(trainer.model) if adapters else None  # before merging removes the adapters
+    if adapters:
+        trained = next(p for p in trainer.model.parameters() if p.requires_grad).dtype
+        if not trainer.accelerator.is_main_process:
+            return
+        trainer.model.save_pretrained(str(out / "adapter"))  # the adapter alone (small)
+        merged = trainer.model.merge_and_unload()  # base + alpha / r * B A, a plain model
+        merged.to(saved).save_pretrained(str(out / "model"))
+    else:
+        trained = next(trainer.model.parameters()).dtype
+        if saved != trained and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+            trainer.model.to(saved)  # fp32 master weights -> the dtype sampling loads (ZeRO-3 saves 16-bit)
+        trainer.save_model(str(out / "model"))
+        if not trainer.accelerator.is_main_process:
+            return
     trainer.processing_class.save_pretrained(str(out / "model"))
     write_json(out / "log_history.json", trainer.state.log_history)
     args = trainer.args
@@ -179,8 +217,70 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
         "devices_per_process": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "device": trainer.accelerator.device.type,
         "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "peft": peft_info,
+        "settings": effective_settings(args),
     }
     write_json(out / "train_info.json", info)
+
+
+def is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _peft_info(model: Any) -> dict[str, Any]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    config = model.peft_config["default"]
+    return {
+        "method": "lora",
+        "r": config.r,
+        "alpha": config.lora_alpha,
+        "target_modules": sorted(
+            [config.target_modules] if isinstance(config.target_modules, str) else config.target_modules
+        ),
+        "trainable_parameters": trainable,
+        "parameters": total,
+    }
+
+
+#: Arguments that say where and how a run was logged or saved, not how it trained.
+_NOT_SETTINGS = ("output_dir", "logging_dir", "report_to", "run_name", "hub_token", "push_to_hub_token")
+
+
+def effective_settings(args: Any) -> dict[str, Any]:
+    """Every training argument the trainer ran with that differs from its TRL config's default:
+    the merged ``objective.trainer`` + ``model.trainer_overrides`` + command line, plus what
+    the train stage set (seed, precision, checkpoints), as the trainer saw them."""
+    import dataclasses
+    import enum
+
+    out = {}
+    for f in dataclasses.fields(args):
+        if f.name in _NOT_SETTINGS or f.name.startswith("_") or f.default is dataclasses.MISSING:
+            continue
+        value = getattr(args, f.name, None)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        default = f.default.value if isinstance(f.default, enum.Enum) else f.default
+        if value == default or value is None or value in ([], {}, ""):
+            continue
+        if isinstance(value, str | int | float | bool) or (
+            isinstance(value, list | dict) and _jsonable(value)
+        ):
+            out[f.name] = value  # (objects such as accelerator_config: built from defaults)
+    return dict(sorted(out.items()))
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def launch(

@@ -84,6 +84,29 @@ def test_rerun_with_same_config_is_fully_cached(first, cache, tmp_path):
     assert r["eval"] == first["eval"] and r["data"] == first["data"]
 
 
+def test_debug_fast_is_the_tested_small_loop_and_runs_from_the_command_line(first, cache, tmp_path):
+    """`python run.py debug=fast` (README) is the shrunken loop these tests run: the same stage
+    keys, so here every stage is already built."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "debug=fast",
+            f"paths.cache_dir={cache}",
+            f"paths.output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert {k: s["key"] for k, s in r["stages"].items()} == {k: s["key"] for k, s in first["stages"].items()}
+    assert all(s["cached"] for s in r["stages"].values())
+    assert "trained - base [95% CI]" in proc.stdout + proc.stderr
+
+
 def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "out"
     cmd = [
@@ -236,7 +259,13 @@ PIPELINE_FAULTS = {
         lambda p: p.write_bytes(p.read_bytes()[:1000]),
         (),
     ),
-    "predictions deleted": ("evaluate_arith", "evaluate", "predictions.jsonl", lambda p: p.unlink(), ()),
+    "predictions deleted": (
+        "evaluate_trained_arith",
+        "evaluate",
+        "predictions.jsonl",
+        lambda p: p.unlink(),
+        (),
+    ),
 }
 
 

@@ -61,7 +61,7 @@ def test_isolated_and_data_parallel_stages_give_the_inline_artifacts(warm, tmp_p
         ("grade", "grades.jsonl"),
         ("build", "records.jsonl"),
         ("evaluate_base_arith", "predictions.jsonl"),
-        ("evaluate_arith", "predictions.jsonl"),
+        ("evaluate_trained_arith", "predictions.jsonl"),
     ]:
         stage_dir = "evaluate" if stage.startswith("evaluate") else stage
         assert (ca / stage_dir / a["stages"][stage]["key"] / name).read_bytes() == (

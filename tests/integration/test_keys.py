@@ -27,13 +27,13 @@ DEPS = {
     "grade": ["sample"],
     "build": ["grade"],
     "train": ["base_model", "build"],
-    "evaluate_arith": ["train"],
+    "evaluate_trained_arith": ["train"],
     "evaluate_base_arith": ["base_model"],
-    "evaluate_test": ["train"],
+    "evaluate_trained_test": ["train"],
     "evaluate_base_test": ["base_model"],
 }
-EVALS = ("evaluate_arith", "evaluate_base_arith")
-EVALS_JSONL = ("evaluate_test", "evaluate_base_test")
+EVALS = ("evaluate_trained_arith", "evaluate_base_arith")
+EVALS_JSONL = ("evaluate_trained_test", "evaluate_base_test")
 _STUB = {
     "stats.json": {
         "questions": 1,
@@ -51,6 +51,7 @@ _STUB = {
     },
     "train_info.json": {},
     "metrics.json": {"accuracy": 0.0, "grading_timeouts": 0},
+    "predictions.jsonl": {"id": "q0", "correct": True, "answer": "1"},  # one JSON line
 }
 
 
@@ -84,7 +85,9 @@ def stage_keys(monkeypatch, tmp_path, tokenizer_dir):
     """A function: overrides -> {stage label: key}, building nothing."""
     from east import pipeline
 
-    def fake_run(self: StageCache, stage: str, config: Any, inputs: list[str], build: Any) -> StageResult:
+    def fake_run(
+        self: StageCache, stage: str, config: Any, inputs: list[str], build: Any, label: str | None = None
+    ) -> StageResult:
         key = stage_key(stage, config, inputs)
         path = tmp_path / "stubs" / stage / key
         path.mkdir(parents=True, exist_ok=True)
@@ -189,6 +192,12 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "distributed.num_processes": (2, ("train",)),
     "distributed.accelerate_config": ("conf/accelerate/ddp.yaml", ()),  # one process: not used
     "distributed.launch_args": ("['--main_process_port=29555']", ()),
+    "peft.method": ("lora", ("train",)),
+    # Read only with peft.method=lora (test_lora_settings_shape_the_train_key).
+    "peft.r": (8, ()),
+    "peft.alpha": (16, ()),
+    "peft.dropout": (0.1, ()),
+    "peft.target_modules": ("[q_proj]", ()),
     "paths.output_dir": ("/tmp/elsewhere", ()),
     "paths.data_dir": ("/tmp", ()),  # arith reads no files
     "paths.lock_timeout_s": (30, ()),  # how long to wait for another builder
@@ -201,16 +210,26 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
 #: field -> (value, labels removed, labels added, labels whose key changes).
 STRUCTURAL = {
     "evaluation.base": ("false", {"evaluate_base_arith"}, set(), set()),
-    "evaluation.only": ("true", {"sample", "grade", "build", "train", "evaluate_arith"}, set(), set()),
+    "evaluation.only": (
+        "true",
+        {"sample", "grade", "build", "train", "evaluate_trained_arith"},
+        set(),
+        set(),
+    ),
     # Phase A of a cluster sweep: the stages a sweep's cells share, under the cells' own keys.
-    "stop_after": ("shared", {"build", "train", "evaluate_arith"}, set(), set()),
-    "evaluation.samples": ("2", set(), {"evaluate_sampled_arith", "evaluate_base_sampled_arith"}, set()),
+    "stop_after": ("shared", {"build", "train", "evaluate_trained_arith"}, set(), set()),
+    "evaluation.samples": (
+        "2",
+        set(),
+        {"evaluate_trained_sampled_arith", "evaluate_base_sampled_arith"},
+        set(),
+    ),
     # Round 0 keeps its keys; the final evaluation is of the round-1 model.
     "rounds": (
         "2",
         set(),
         {"sample_r1", "grade_r1", "build_r1", "train_r1", "evaluate_arith_r0", "evaluate_arith_r1"},
-        {"evaluate_arith"},
+        {"evaluate_trained_arith"},
     ),
 }
 #: Not flipped here, with the reason.
@@ -455,3 +474,12 @@ def test_an_unknown_mapping_says_how_to_register_one():
         validate(_compose(["east.mapping=mine", "paths.cache_dir=/tmp/x"]))
     with pytest.raises(ConfigError, match="invalid config imports: cannot import 'no_such_module_xyz'"):
         validate(_compose(["imports=[no_such_module_xyz]", "paths.cache_dir=/tmp/x"]))
+
+
+def test_lora_settings_shape_the_train_key(stage_keys):
+    """With peft.method=lora each LoRA setting shapes what trains (and only that)."""
+    base = stage_keys(["peft=lora"])
+    for field, value in {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "[q_proj]"}.items():
+        flipped = stage_keys(["peft=lora", f"peft.{field}={value}"])
+        changed = {label for label in base if flipped[label] != base[label]}
+        assert changed == _downstream({"train"}) & set(base), field

@@ -103,3 +103,40 @@ def test_gradient_checkpointing_follows_the_config_on_a_cpu(tmp_path, tiny_dir):
     assert moved > 0
     for name in a:  # recomputed activations: the same gradients
         assert torch.allclose(a[name], b[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_lora_saves_a_merged_plain_model_and_its_adapter(tmp_path, tiny_dir, objective):
+    """peft.method=lora: the trained artifact is a plain model (every sampler loads it) equal
+    to the adapted policy, the adapter is kept beside it, and train_info says what trained."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft = {"method": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    spec = _spec(tmp_path, tiny_dir, objective, peft=peft, settings={"learning_rate": 0.05})
+    if objective == "dpo":
+        rows = [
+            {
+                "prompt": prompt(a, 2),
+                "chosen": assistant(f"\\boxed{{{a + 2}}}"),
+                "rejected": assistant("\\boxed{0}"),
+                "weight": 1.0,
+            }
+            for a in range(8)
+        ]
+        write_jsonl(Path(spec["records"]), rows)
+        spec["objective"] = "dpo"
+    train_from_spec(spec)
+    out = Path(spec["out_dir"])
+    info = _info(spec)
+    assert info["peft"]["method"] == "lora" and info["peft"]["r"] == 4
+    assert 0 < info["peft"]["trainable_parameters"] < info["peft"]["parameters"] / 5
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")  # plain: no adapter config needed
+    assert not (out / "model" / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), out / "adapter")
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    with torch.no_grad():
+        m, a, b = (x(input_ids=ids).logits for x in (merged, adapted, base))
+    assert torch.allclose(m, a, atol=1e-5)  # merged == base + adapter
+    assert not torch.allclose(m, b, atol=1e-4)  # and training moved it

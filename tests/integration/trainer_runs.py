@@ -56,9 +56,13 @@ def _windowed(cls):
     return Windowed
 
 
-def make_trainer(objective, model_dir, data, windows=None, weighted=True, dataset=None, **kw):
+def make_trainer(
+    objective, model_dir, data, windows=None, weighted=True, dataset=None, peft_config=None, **kw
+):
     """A weighted (or stock) trainer on ``data`` for one optimiser step over ``windows``
-    (micro-batches of row indices; default: TRL's own batching), SGD at learning rate 1."""
+    (micro-batches of row indices; default: TRL's own batching), SGD at learning rate 1.
+    ``peft_config``: LoRA adapters on the policy, and no reference model (TRL's adapter-off
+    reference)."""
     cls = CLASSES[objective][0 if weighted else 1]
     if not weighted:
         data = [{k: v for k, v in r.items() if k != "weight"} for r in data]
@@ -85,6 +89,8 @@ def make_trainer(objective, model_dir, data, windows=None, weighted=True, datase
         )
     config = CLASSES[objective][2](**{**settings, **kw})
     extra = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if objective != "sft" else {}
+    if peft_config is not None:
+        extra = {"peft_config": peft_config}
     trainer = _windowed(cls)(
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         args=config,

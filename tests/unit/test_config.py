@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import re
 import sys
 
@@ -12,6 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+import east.config
 from east.config import apply_command_line_precedence, trainer_settings, validate
 from east.errors import ConfigError
 from tests.helpers import CONF, compose
@@ -25,7 +26,40 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-GROUPS = ["model", "dataset", "objective", "mapping", "sampler", "logger", "scale", "distributed"]
+GROUPS = [
+    "model",
+    "dataset",
+    "objective",
+    "mapping",
+    "sampler",
+    "logger",
+    "scale",
+    "distributed",
+    "peft",
+    "debug",
+]
+
+
+_CHECK_SAMPLER_INSTALLED = east.config._check_sampler_installed
+
+
+@pytest.fixture(autouse=True)
+def _any_sampler_package(monkeypatch):
+    """These tests check configs, not this machine: sampler=vllm validates here without vLLM
+    installed (the package check itself is tested below)."""
+    monkeypatch.setattr("east.config._check_sampler_installed", lambda c: None)
+
+
+def test_debug_fast_is_exactly_the_tests_small_loop(tmp_path):
+    """README's `debug=fast` composes to the shrunken loop the end-to-end tests run (their
+    SMALL overrides); with a real model chosen it is refused in one line (it shrinks the tiny
+    model only)."""
+    from tests.helpers import SMALL
+
+    fast = _compose(["debug=fast", f"paths.cache_dir={tmp_path}"])
+    assert fast == _compose([*SMALL, f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="debug=fast"):
+        validate(_compose(["model=llama-3.2-1b", "debug=fast", f"paths.cache_dir={tmp_path}"]))
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
@@ -40,6 +74,10 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path, monk
         with pytest.raises(ValueError, match="needs CUDA devices"):
             validate(cfg)
         monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    if (group, option) == ("sampler", "vllm") and importlib.util.find_spec("vllm") is None:
+        # Without vLLM this machine refuses the backend in one line; the config itself is fine.
+        with pytest.raises(ValueError, match=r"pip install 'east\[vllm\]'"):
+            _CHECK_SAMPLER_INSTALLED(validate(cfg))
     validate(cfg)
     if group == "logger":
         logger = hydra.utils.instantiate(cfg.logger)
