@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,10 +227,47 @@ def test_same_seed_gives_identical_numbers_from_scratch(first, tmp_path):
     }
 
 
-def test_seed_changes_sampling_and_training(first, cache, tmp_path):
-    other = _run(cache, tmp_path, "seed=1")
+def test_seed_changes_sampling_and_training(first, cache, tmp_path, caplog, capfd):
+    with caplog.at_level(logging.INFO):
+        other = _run(cache, tmp_path, "seed=1")
     assert other["stages"]["base_model"]["cached"] is True  # the base model does not depend on the run seed
     assert other["stages"]["sample"]["key"] != first["stages"]["sample"]["key"]
+    # What the run showed a person: each stage as it starts and ends, labelled evaluations,
+    # compact training lines with an ETA, and no library noise.
+    messages = [r.getMessage() for r in caplog.records]
+    for start in ("stage base_model: cached", "stage sample: building", "stage train: built in"):
+        assert any(m.startswith(start) for m in messages), start
+    for label in ("evaluate_base_arith", "evaluate_trained_arith"):
+        assert any(m.startswith(f"stage {label}: ") for m in messages), label
+    steps = [m for m in messages if m.startswith("train sft: step ")]
+    assert steps and all(" loss " in m and "ETA" in m for m in steps)
+    out, err = capfd.readouterr()
+    assert "{'loss'" not in out + err and "FutureWarning" not in err
+
+
+def test_the_summary_says_what_changed_and_where_everything_is(first, cache):
+    from east.results import summary_text
+
+    e = first["eval"]["arith"]
+    d = e["delta"]
+    assert d["delta"] == pytest.approx(100 * (e["trained"] - e["base"]))
+    assert d["low"] <= d["delta"] <= d["high"] and 0 <= d["p_value"] <= 1
+    model = Path(first["paths"]["trained_model"])
+    assert model == cache / "train" / first["stages"]["train"]["key"] / "model"
+    assert (model / "config.json").is_file()
+    text = summary_text(first, [("W&B (offline)", "/somewhere")])
+    assert "(mean 1 by construction)" in text and "mean weight" not in text
+    assert "results.json holds fractions" in text and f"{100 * e['base']:.1f}" in text
+    assert f"{d['delta']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" in text
+    for label, value in (
+        ("run folder", first["paths"]["run"]),
+        ("trained model", model),
+        ("W&B (offline)", "/somewhere"),
+    ):
+        assert re.search(rf"{re.escape(label)}: +{re.escape(str(value))}", text), label
+    # The settings that ran: the tiny model's overrides, not objective.trainer's.
+    info = json.loads((model.parent / "train_info.json").read_text())
+    assert info["settings"]["learning_rate"] == 3e-4 and info["settings"]["num_train_epochs"] == 5
 
 
 def _stage_dir(cache: Path, results: dict, label: str, stage: str) -> Path:

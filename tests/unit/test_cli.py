@@ -110,3 +110,16 @@ def test_the_vllm_sampler_without_vllm_says_how_to_install_it(tmp_path):
     [error] = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
     assert "pip install 'east[vllm]'" in error and "sampler=hf" in error
     assert "Traceback" not in out.stderr
+
+
+def test_the_resolved_config_prints(tmp_path):
+    """`--cfg job --resolve` once crashed on ${hydra:runtime.output_dir} (no run folder yet)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--cfg", "job", "--resolve", f"paths.cache_dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "output_dir: null" in out.stdout and "${" not in out.stdout

@@ -66,3 +66,20 @@ def test_a_dead_service_is_reported_once_and_never_called_again(caplog):
     logger.finish()
     assert broken.calls == 2  # the failing log, then one attempt to close the run; nothing after
     assert caplog.text.count("W&B log failed") == 1 and "results.json is still written" in caplog.text
+
+
+def test_tags_reach_the_run_and_the_summary_says_where_the_offline_run_is(tmp_path):
+    """logger.tags (README) tag the W&B run; the printed summary names the offline run folder
+    and the command that uploads it."""
+    with pytest.raises(ConfigError, match=r"logger.tags: 'x{65}': a tag is 1 to 64 characters"):
+        WandbLogger(tags=["x" * 65])
+    logger = WandbLogger(mode="offline", tags=["ablation", 2])
+    logger.start({"a": 1}, name="t", group=None, directory=str(tmp_path))
+    try:
+        assert logger.run is not None and set(logger.run.tags) == {"ablation", "2"}
+        (label, folder), (how, command) = logger.where()
+        assert label == "W&B (offline)" and folder.startswith(str(tmp_path / "wandb" / "offline-run-"))
+        assert command == f"wandb sync {folder}"
+    finally:
+        logger.finish()
+    assert (tmp_path / "wandb").is_dir()
