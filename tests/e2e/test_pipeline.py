@@ -469,3 +469,20 @@ def test_one_file_for_train_and_test_is_refused_unless_asked(tmp_path):
         "evaluation.only=true",
     )
     assert r["eval"]["test"]["n"] == 24
+
+
+def test_the_default_model_runs_on_gsm8k_and_math(tmp_path, shared_data):
+    """model=tiny with dataset=gsm8k or math (once TRL's StopIteration: the warm-up looked for
+    an arith split): the warm-up is the embedded task's, built once for both."""
+    for dataset in ("gsm8k", "math"):
+        r = _run_jsonl(
+            tmp_path / "cache",
+            tmp_path / dataset,
+            f"dataset={dataset}",
+            f"paths.data_dir={shared_data}",
+            "dataset.max_test=4",
+            "evaluation.only=true",
+        )
+        [(name, e)] = r["eval"].items()
+        assert e["n"] == 4 and 0 <= e["base"] <= 1, name
+        assert r["stages"]["base_model"]["cached"] is (dataset == "math")
