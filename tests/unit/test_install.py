@@ -33,7 +33,7 @@ def test_lower_bound_pins_are_the_floors_of_setup_cfg():
         if line.strip() and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.lower()] = version
-    assert set(pins) == {"transformers", "trl", "accelerate", "datasets"}
+    assert set(pins) == {"transformers", "trl", "accelerate", "datasets", "peft"}
     for name, version in pins.items():
         floor = _floor(install[name])
         assert Version(version) == Version(floor), name
