@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from east.report import PAPER, paper_number
 from tests.helpers import ROOT, SMALL
 from tests.helpers import compose as _compose
@@ -44,6 +46,7 @@ def test_one_experiment_per_table_cell():
             assert cfg.evaluation.only
 
 
+@pytest.mark.slow  # a minute: -m slow (test_one_experiment_per_table_cell composes each by default)
 def test_every_experiment_runs_as_one_multirun(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [

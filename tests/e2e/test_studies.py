@@ -27,7 +27,12 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")  # shared by the studies, as on a real machine
 
 
-@pytest.mark.parametrize("script", sorted(STUDIES))
+# The table's script runs by default; the other studies (the same stages and report, a
+# minute more) and the why scripts with `-m slow`, to keep CI well inside its time.
+@pytest.mark.parametrize(
+    "script",
+    [s if s == "testbed_table.sh" else pytest.param(s, marks=pytest.mark.slow) for s in sorted(STUDIES)],
+)
 def test_each_study_writes_its_table_and_figure(script, cache, tmp_path):
     env_extra, figures = STUDIES[script]
     sweep = tmp_path / "sweep"
@@ -51,6 +56,7 @@ def test_each_study_writes_its_table_and_figure(script, cache, tmp_path):
             assert f"{mapping} a=1" in table
 
 
+@pytest.mark.slow
 def test_why_scripts_explain_a_shrunk_table(cache, tmp_path):
     """experiments/testbed/why.py and gain_vs_weight.py read a table's sweep and cache and
     print their findings as one JSON line, last."""
