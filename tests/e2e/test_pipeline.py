@@ -154,7 +154,15 @@ def test_ctrl_c_is_one_line_naming_the_stage(tmp_path, isolate):
         f"hydra.run.dir={tmp_path / 'out'}",
     ]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # SIGINT as a terminal's foreground job has it: a background job of a shell without job
+        # control (a CI script run with &) inherits it ignored, and Python keeps it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while not list((fresh / "base_model").glob(".tmp-*")) and time.time() < deadline and proc.poll() is None:

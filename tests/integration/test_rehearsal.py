@@ -1,8 +1,8 @@
 """The paper's table rehearsed on a CPU through the real-model code path (east/rehearsal.py).
 
-CI runs two cells (the GSM8K SFT+EAST cell of both models: one and two training processes,
-after each model's phase A); ``-m slow`` runs all 28, as `experiments/paper_table.sh rehearsal`
-does.
+``-m slow`` runs two cells (the GSM8K SFT+EAST cell of both models: one and two training
+processes, after each model's phase A, on a cache holding another run's artifacts) and all 28,
+as `experiments/paper_table.sh rehearsal` does.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def _plant_foreign_artifacts(cache):
     (evaluate / "stage.json").write_text(json.dumps({"config": {"test": "gsm8k", "prompts": "other"}}))
 
 
+@pytest.mark.slow  # 2 minutes: -m slow (CI time); experiments/paper_table.sh rehearsal runs all 28
 def test_rehearsal_of_two_cells(tmp_path, shared_data):
     _plant_foreign_artifacts(tmp_path / "cache")
     summary = _rehearse(tmp_path, shared_data, "llama*_gsm8k_sft_east")
