@@ -71,13 +71,15 @@ class Stages:
         build: Callable[..., None],
         label: str,
         work: bool = False,
+        libraries: tuple[str, ...] = (),
     ) -> StageResult:
         """The artifact of ``name`` for this config and inputs, built by ``build(folder)``
         (``work``: ``build(folder, work_dir)``, a folder of the key that survives a killed
-        build, for checkpoints, and is removed once the artifact is in place)."""
+        build, for checkpoints, and is removed once the artifact is in place; ``libraries``:
+        packages this build uses beyond the stage's own, whose versions join the key)."""
         # The code that builds the artifact is part of its key (east.codeid): comments no, code yes.
         backend = ("vllm",) if "vllm" in str(self.sampler.cache_key) and name in GENERATING else ()
-        config = {**config, "code": stage_code(name, backend)}
+        config = {**config, "code": stage_code(name, (*backend, *libraries))}
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
         _CURRENT[0] = label
@@ -369,7 +371,8 @@ class Stages:
             for entry in read_json(d / "log_history.json"):  # workers do not log to W&B
                 self.logger.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, int | float)})
 
-        return self._stage("train", config, [model, records], write, label, work=True)
+        lora = ("peft",) if peft else ()  # PEFT's version shapes a LoRA model, not a full one
+        return self._stage("train", config, [model, records], write, label, work=True, libraries=lora)
 
     def evaluate(
         self, model: StageResult, test_name: str, problems: list[Problem], label: str

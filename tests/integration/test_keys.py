@@ -483,3 +483,20 @@ def test_lora_settings_shape_the_train_key(stage_keys):
         flipped = stage_keys(["peft=lora", f"peft.{field}={value}"])
         changed = {label for label in base if flipped[label] != base[label]}
         assert changed == _downstream({"train"}) & set(base), field
+
+
+def test_a_lora_train_key_holds_the_peft_version(stage_keys, monkeypatch):
+    """PEFT builds the adapters a LoRA model is merged from: its version is in the train key
+    with peft=lora, and in no key of a full fine-tuning run."""
+    import east.codeid as codeid
+
+    lora, full = stage_keys(["peft=lora"]), stage_keys([])
+    real = codeid._version
+    monkeypatch.setattr(codeid, "_version", lambda p: "0.0.0-other" if p == "peft" else real(p))
+    codeid.stage_code.cache_clear()
+    try:
+        lora_other, full_other = stage_keys(["peft=lora"]), stage_keys([])
+    finally:
+        codeid.stage_code.cache_clear()
+    assert {label for label in lora if lora_other[label] != lora[label]} == _downstream({"train"}) & set(lora)
+    assert full_other == full
