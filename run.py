@@ -13,13 +13,16 @@ from omegaconf import DictConfig
 
 from east.config import register_configs
 from east.errors import UserError
-from east.pipeline import record_failure, run
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, not above: a grading worker starts by importing this file (Python's
+    # forkserver loads __main__), and east.pipeline brings torch and transformers (seconds).
+    from east.pipeline import record_failure, run
+
     try:
         results = run(cfg)
     except UserError as e:  # a config value or a data row: one line, no traceback
