@@ -214,11 +214,12 @@ def close_progress_bars() -> None:
         bar.close()
 
 
-def console_progress(trainer: Any, label: str) -> None:
+def console_progress(trainer: Any, label: str, weights: bool = True) -> None:
     """Replace transformers' console output of ``trainer`` (a dict line per logging step, or
     with ``disable_tqdm`` every dict printed) by one progress bar with an ETA and a compact log
     line every :func:`console_every` steps: step, epoch, loss, learning rate, the batch's
-    weights, elapsed time and ETA. What W&B and the log history receive does not change."""
+    weights (unless ``weights`` is false: an unweighted run such as the tiny model's warm-up),
+    elapsed time and ETA. What W&B and the log history receive does not change."""
     import time
 
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback
@@ -248,7 +249,7 @@ def console_progress(trainer: Any, label: str) -> None:
             parts = [f"{label}: step {step}/{total}", f"epoch {state.epoch:.2f}", f"loss {logs['loss']:.4g}"]
             if "learning_rate" in logs:
                 parts.append(f"lr {logs['learning_rate']:.2e}")
-            if "weight_min" in logs and "weight_max" in logs:
+            if weights and "weight_min" in logs and "weight_max" in logs:
                 parts.append(f"weights {logs['weight_min']:.2f}-{logs['weight_max']:.2f}")
             parts.append(f"{elapsed:.0f}s, ETA {eta:.0f}s")
             log.info(", ".join(parts))

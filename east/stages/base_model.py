@@ -80,7 +80,7 @@ def warm_up_tiny(
     )
     from east.tracking import console_progress
 
-    console_progress(trainer, "warm-up")
+    console_progress(trainer, "warm-up", weights=False)  # every weight is 1
     trainer.train()
     save_trained(trainer, d, "float32", "no")
 

@@ -83,3 +83,39 @@ def test_tags_reach_the_run_and_the_summary_says_where_the_offline_run_is(tmp_pa
     finally:
         logger.finish()
     assert (tmp_path / "wandb").is_dir()
+
+
+@pytest.mark.parametrize("weights", [True, False])
+def test_the_step_line_shows_weights_only_for_a_weighted_run(weights, caplog):
+    """The compact training line names the batch's weights; the warm-up, which weights
+    nothing, leaves them out rather than print "weights 1.00-1.00" at every step."""
+    import logging
+    from types import SimpleNamespace
+
+    from transformers import PrinterCallback, ProgressCallback
+
+    from east.tracking import console_progress
+
+    class Trainer:
+        def __init__(self):
+            self.callbacks = [PrinterCallback, ProgressCallback]
+
+        def remove_callback(self, cb):
+            self.callbacks.remove(cb)
+
+        def add_callback(self, cb):
+            self.callbacks.append(cb)
+
+    trainer = Trainer()
+    console_progress(trainer, "run", weights=weights)
+    step_log = trainer.callbacks[-1]
+    args = SimpleNamespace(logging_steps=1)
+    state = SimpleNamespace(global_step=0, max_steps=4, epoch=0.0, is_world_process_zero=True)
+    step_log.on_train_begin(args, state, None)
+    state.global_step, state.epoch = 4, 1.0
+    logs = {"loss": 0.5, "learning_rate": 1e-4, "weight_min": 0.5, "weight_max": 1.5}
+    with caplog.at_level(logging.INFO, logger="east.tracking"):
+        step_log.on_log(args, state, None, logs=logs)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("run: step 4/4, epoch 1.00, loss 0.5, lr 1.00e-04")
+    assert ("weights 0.50-1.50" in line) is weights
