@@ -110,7 +110,7 @@ class ModelConfig:
             fail(
                 "model.path",
                 self.path or self.gguf,
-                f"model.tiny is set (by model=tiny, or debug=fast, which is for the tiny model) on "
+                f"model.tiny is set (by model=tiny, or debug=fast or scale=testbed, which are for the tiny model) on "
                 f"model {self.name!r}, which reads weights: model.tiny builds its own weights and "
                 "reads no path; for real weights leave model.tiny null (model=llama-3.2-1b model.path=...)",
             )

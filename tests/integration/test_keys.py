@@ -128,7 +128,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
         }.items()
     },
     "model.trainer_overrides.sft.learning_rate": (1e-4, ("train",)),
-    "model.trainer_overrides.sft.num_train_epochs": (3, ("train",)),
+    "model.trainer_overrides.sft.num_train_epochs": (4, ("train",)),
     "model.trainer_overrides.sft.per_device_train_batch_size": (4, ("train",)),
     "model.trainer_overrides.sft.gradient_checkpointing": (True, ("train",)),
     "model.trainer_overrides.sft.lr_scheduler_type": ("linear", ("train",)),

@@ -259,7 +259,33 @@ def test_the_command_line_wins_over_the_model_trainer_overrides():
     moved = apply_command_line_precedence(c, ["objective.trainer.learning_rate=1e-4", "seed=3"])
     assert moved == ["learning_rate"]
     assert trainer_settings(c)["learning_rate"] == 1e-4
-    assert trainer_settings(c)["num_train_epochs"] == 5  # the model's other overrides stay
+    assert trainer_settings(c)["num_train_epochs"] == 3  # the model's other overrides stay
+
+
+def test_the_default_and_the_testbed_are_the_calibrated_budgets():
+    """docs/testbed.md: `python run.py` is a narrower tiny model (hidden 64) trained by SFT for 3
+    epochs on 600 questions and tested on all 1,000 (chosen by vanilla SFT's gain within 90 s);
+    scale=testbed is the testbed's wider model (hidden 96), 5 SFT epochs and every question.
+    Both share the warm-up recipe, the learning rate and the task."""
+    default = validate(_compose(["paths.cache_dir=/tmp/x"]))
+    testbed = validate(_compose(["scale=testbed", "paths.cache_dir=/tmp/x"]))
+    for c, hidden, inter, epochs, train, test in (
+        (default, 64, 192, 3, 600, None),
+        (testbed, 96, 288, 5, None, None),
+    ):
+        assert (c.model.tiny.hidden_size, c.model.tiny.intermediate_size) == (hidden, inter)
+        assert (c.model.tiny.warmup_steps, c.model.tiny.warmup_batch_size, c.model.tiny.warmup_lr) == (
+            500,
+            32,
+            3e-3,
+        )
+        assert trainer_settings(c)["num_train_epochs"] == epochs
+        assert trainer_settings(c)["learning_rate"] == 3e-4
+        assert (c.dataset.max_train, c.dataset.max_test) == (train, test)
+        assert (c.sampling.n, c.sampling.temperature, c.objective.sft_k) == (8, 0.5, 8)
+    # The testbed is for the tiny model: with real weights it is refused in one line.
+    with pytest.raises(ConfigError, match="scale=testbed"):
+        validate(_compose(["model=llama-3.2-1b", "scale=testbed", "paths.cache_dir=/tmp/x"]))
 
 
 def _run_cli(*overrides, env=None):
