@@ -116,7 +116,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     **{
         f"model.tiny.{k}": (v, ("base_model",))
         for k, v in {
-            "hidden_size": 64,
+            "hidden_size": 32,
             "num_layers": 2,
             "num_heads": 2,
             "intermediate_size": 128,
