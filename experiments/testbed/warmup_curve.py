@@ -6,6 +6,8 @@ uncertain middle, and the warm-up is most of the default run's time.
     python experiments/testbed/warmup_curve.py --steps 600 --every 100 --questions 300 \
         --set dataset.arith.steps=2 --set model.tiny.warmup_lr=3e-3
 
+It warms up the default's tiny model; ``--set scale=testbed`` for the testbed's.
+
 Prints a line per checkpoint and, last, one JSON line.
 """
 
