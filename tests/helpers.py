@@ -39,3 +39,38 @@ def compose(overrides=()):
     is given)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=["paths.output_dir=/tmp/east-test", *overrides])
+
+
+def weighted_sft_spec(tmp_path, tiny_dir, name, **overrides):
+    """A train worker's spec: weighted SFT of ``tiny_dir`` on 8 rows (weights 0.5 / 1.5), one
+    epoch at a step size that moves the model; ``overrides`` replace spec keys, and
+    ``settings=`` adds trainer settings."""
+    from east.cache import write_jsonl
+    from tests.conftest import assistant, prompt
+
+    rows = [
+        {"prompt": prompt(a, 2), "completion": assistant(f"\\boxed{{{a + 2}}}"), "weight": w}
+        for a, w in zip(range(8), [0.5, 1.5] * 4)
+    ]
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    settings = {
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 1,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "gradient_checkpointing": False,
+        **overrides.pop("settings", {}),
+    }
+    return {
+        "objective": "sft",
+        "base_path": str(tiny_dir),
+        "out_dir": str(tmp_path / name),
+        "work_dir": str(tmp_path / f"{name}-work"),
+        "records": str(tmp_path / "records.jsonl"),
+        "settings": settings,
+        "seed": 0,
+        "chat_template": None,
+        "dtype": "float32",
+        "report_to": [],
+        **overrides,
+    }

@@ -33,32 +33,13 @@ def test_cuda_sampling_is_independent_of_batching(tiny_dir):
 def test_weighted_sft_step_in_bf16_on_cuda(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from east.cache import write_jsonl
     from east.stages.train import train_from_spec
-    from tests.conftest import assistant, prompt
+    from tests.helpers import weighted_sft_spec
 
-    rows = [
-        {"prompt": prompt(a, 2), "completion": assistant(f"\\boxed{{{a + 2}}}"), "weight": w}
-        for a, w in zip(range(8), [0.5, 1.5] * 4)
-    ]
-    write_jsonl(tmp_path / "records.jsonl", rows)
-    settings = {
-        "per_device_train_batch_size": 4,
-        "num_train_epochs": 1,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-    }
-    spec = {
-        "objective": "sft",
-        "base_path": str(tiny_dir),
-        "out_dir": str(tmp_path / "out"),
-        "records": str(tmp_path / "records.jsonl"),
-        "settings": settings,
-        "seed": 0,
-        "chat_template": None,
-        "dtype": "auto",
-        "report_to": [],
-    }
+    # Activation checkpointing on: TRL's default, which this test has always run with.
+    spec = weighted_sft_spec(
+        tmp_path, tiny_dir, "out", dtype="auto", settings={"gradient_checkpointing": True}
+    )
     assert torch.cuda.is_available()
     train_from_spec(spec)
     info = json.loads((tmp_path / "out" / "train_info.json").read_text())

@@ -14,37 +14,9 @@ from safetensors.torch import load_file
 from east.cache import write_jsonl
 from east.stages.train import _trainer_args, precision, train_from_spec
 from tests.conftest import assistant, prompt
+from tests.helpers import weighted_sft_spec as _spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
-
-
-def _spec(tmp_path, tiny_dir, name, **overrides):
-    rows = [
-        {"prompt": prompt(a, 2), "completion": assistant(f"\\boxed{{{a + 2}}}"), "weight": w}
-        for a, w in zip(range(8), [0.5, 1.5] * 4)
-    ]
-    write_jsonl(tmp_path / "records.jsonl", rows)
-    settings = {
-        "per_device_train_batch_size": 4,
-        "num_train_epochs": 1,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-        "gradient_checkpointing": False,
-        **overrides.pop("settings", {}),
-    }
-    return {
-        "objective": "sft",
-        "base_path": str(tiny_dir),
-        "out_dir": str(tmp_path / name),
-        "work_dir": str(tmp_path / f"{name}-work"),
-        "records": str(tmp_path / "records.jsonl"),
-        "settings": settings,
-        "seed": 0,
-        "chat_template": None,
-        "dtype": "float32",
-        "report_to": [],
-        **overrides,
-    }
 
 
 def _info(spec):
