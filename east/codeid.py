@@ -28,7 +28,7 @@ STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "grade": ((*_GRADE, "east.grading.pool"), ("math-verify", "latex2sympy2_extended", "sympy")),
     "build": (("east.stages.build", "east.selection", "east.weighting"), ("numpy",)),
     "train": (
-        ("east.stages.train", "east.training", "east.models"),
+        ("east.stages.train", "east.stages.sharding_cpu", "east.training", "east.models"),
         ("torch", "transformers", "trl", "accelerate"),
     ),
     "evaluate": ((*_GENERATE, *_GRADE), ("torch", "transformers", "math-verify", "sympy")),

@@ -447,7 +447,27 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bo
     if devices:
         _check_placement(c)
         _check_sampler_installed(c)
+        _check_deepspeed_installed(c)
     return c
+
+
+def _check_deepspeed_installed(c: Config) -> None:
+    """A ZeRO-3 config without DeepSpeed is one line saying how to install it, before any
+    stage runs (not accelerate's ImportError once sampling and grading are done)."""
+    import importlib.util
+
+    dist = c.distributed
+    if c.evaluation.only or c.stop_after == "shared" or dist.num_processes == 1 or not dist.accelerate_config:
+        return
+    import yaml
+
+    kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        fail(
+            "distributed.accelerate_config",
+            dist.accelerate_config,
+            "DeepSpeed is not installed: pip install 'east[deepspeed]' (on a CPU it also needs g++)",
+        )
 
 
 def _check_sampler_installed(c: Config) -> None:
@@ -488,16 +508,20 @@ def _check_placement(c: Config) -> None:
     cuda = torch.cuda.is_available()
     dist = c.distributed
     trains = not (c.evaluation.only or c.stop_after == "shared")
-    if trains and dist.num_processes > 1 and dist.accelerate_config and not cuda:
+    if trains and dist.num_processes > 1 and dist.accelerate_config:
         import yaml
 
-        kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
-        if kind in ("FSDP", "DEEPSPEED"):
+        accel = yaml.safe_load(dist.accelerate_config_path().read_text()) or {}
+        kind = accel.get("distributed_type")
+        if kind in ("FSDP", "DEEPSPEED") and not cuda and accel.get("mixed_precision", "no") != "no":
+            # A CPU trains in fp32 (bf16 autocast there is slow, and DeepSpeed's bf16 engine
+            # conflicts with fp32 training): the CPU variants shard the same way without it.
+            variant = {"FSDP": "fsdp_cpu", "DEEPSPEED": "zero3_cpu"}[kind]
             fail(
                 "distributed.accelerate_config",
                 dist.accelerate_config,
-                f"{kind} needs CUDA devices, and none is visible (accelerate would train plain DDP on "
-                "CPU processes instead); use distributed=cpu2 on a CPU",
+                f"{kind} with {accel['mixed_precision']} autocast needs CUDA devices, and none is visible; "
+                f"on a CPU use distributed={variant} ({kind} over CPU processes, fp32)",
             )
     if c.isolate_stages is False and dist.num_processes == 1 and cuda and torch.cuda.device_count() > 1:
         fail(

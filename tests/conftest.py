@@ -1,7 +1,9 @@
 """Shared fixtures (where the real datasets live, the tiny models used end to end) and the
 test tiers: ``tests/unit`` (pure logic, seconds), ``tests/integration`` (tiny models, Hydra,
-worker processes), ``tests/e2e`` (whole pipeline runs, minutes) and ``tests/gpu`` (needs
-CUDA; skipped cleanly without it). Each test carries its tier as a marker, so
+worker processes), ``tests/e2e`` (whole pipeline runs, minutes), ``tests/engines`` (the real
+vLLM, DeepSpeed ZeRO-3 and FSDP engines on CPU processes; skipped where they are not
+installed: ``.ci/engines`` builds their environment) and ``tests/gpu`` (needs CUDA; skipped
+cleanly without it). Each test carries its tier as a marker, so
 ``python -m pytest -m unit`` runs the fast tier alone."""
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TIERS = ("unit", "integration", "e2e", "gpu")
+TIERS = ("unit", "integration", "e2e", "gpu", "engines")
 
 
 def pytest_collection_modifyitems(config, items):

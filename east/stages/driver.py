@@ -372,7 +372,12 @@ class Stages:
                 self.logger.log({f"train/{k}": v for k, v in entry.items() if isinstance(v, int | float)})
 
         lora = ("peft",) if peft else ()  # PEFT's version shapes a LoRA model, not a full one
-        return self._stage("train", config, [model, records], write, label, work=True, libraries=lora)
+        engine = (
+            ("deepspeed",) if distributed_type(dist) == "DEEPSPEED" else ()
+        )  # ZeRO-3's own optimiser step
+        return self._stage(
+            "train", config, [model, records], write, label, work=True, libraries=(*lora, *engine)
+        )
 
     def evaluate(
         self, model: StageResult, test_name: str, problems: list[Problem], label: str
@@ -499,6 +504,15 @@ def make_sampler(c: Config) -> Any:
     import hydra.utils
 
     return hydra.utils.instantiate(sampler_node(c.sampler), dtype=c.model.dtype)
+
+
+def distributed_type(dist: Any) -> str | None:
+    """The accelerate config's ``distributed_type`` (``DEEPSPEED``, ``FSDP``, ...), or None."""
+    if dist.num_processes == 1 or not dist.accelerate_config:
+        return None
+    import yaml
+
+    return (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
 
 
 def isolation(setting: Any) -> bool:

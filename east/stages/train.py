@@ -71,8 +71,10 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     from datasets import Dataset
 
     from east.models import load_model, load_tokenizer
+    from east.stages import sharding_cpu
     from east.training import TRAINERS
 
+    sharded_on_cpu = sharding_cpu.enable()  # ZeRO-3 / FSDP without CUDA: shard, never plain DDP
     objective, out = spec["objective"], Path(spec["out_dir"])
     work = Path(spec.get("work_dir") or out / "trainer")
     trainer_cls, config_cls = TRAINERS[objective]
@@ -81,7 +83,9 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         random.Random(spec["seed"]).shuffle(rows)
     cuda = torch.cuda.is_available()
     mixed = precision(spec["dtype"], cuda)
-    args = _trainer_args(config_cls, work, spec["settings"], spec["seed"], spec["report_to"], mixed, cuda)
+    # use_cpu would make accelerate run DDP under a ZeRO-3 / FSDP config: not when sharding.
+    use_cpu = not cuda and sharded_on_cpu is None
+    args = _trainer_args(config_cls, work, spec["settings"], spec["seed"], spec["report_to"], mixed, use_cpu)
     tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
     extra: dict[str, Any] = {}
     if spec.get("peft"):
@@ -93,9 +97,10 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         # The policy in fp32, whatever the model's dtype: the optimiser's master weights (on a
         # GPU autocast computes in bf16 / fp16; a CPU trains in fp32).
         model = load_model(spec["base_path"], "float32")
-        if objective != "sft" and args.world_size == 1 and not getattr(args, "deepspeed", None):
-            # The frozen reference in the model's dtype (TRL would copy the policy's fp32).
-            extra["ref_model"] = load_model(spec["base_path"], spec["dtype"])
+        if objective != "sft" and not _deepspeed(args):
+            # The frozen reference in the model's dtype (TRL would copy the policy's fp32), read
+            # whole by every process (ZeRO-3 partitions TRL's own as it loads).
+            extra["ref_model"] = load_reference(spec["base_path"], spec["dtype"])
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -114,6 +119,38 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     save_trained(trainer, out, spec["dtype"], mixed)
 
 
+def _deepspeed(args: Any) -> bool:
+    import os
+
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+
+
+def load_reference(path: str, dtype: str) -> Any:
+    """The DPO / KTO reference model with its weights on every process.
+
+    Under FSDP with ``fsdp_cpu_ram_efficient_loading`` transformers loads zeros on every
+    process but local rank 0, expecting rank 0 to broadcast its weights when the model is
+    wrapped (transformers/modeling_utils.py, ``is_fsdp_enabled() and not
+    is_local_dist_rank_0()``). accelerate does that for the policy it prepares; TRL's
+    ``prepare_fsdp`` (trl/models/utils.py) shards the reference without it, so a reference
+    TRL loaded itself would be zeros on half the ranks (caught by tests/engines on 2 CPU
+    processes). The reference is read whole here instead: in the model's dtype, frozen."""
+    import os
+
+    from east.models import load_model
+
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        return load_model(path, dtype)
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
 def lora_config(peft: dict[str, Any]) -> Any:
     """PEFT's LoraConfig from :class:`east.config.PeftConfig`'s fields."""
     from peft import LoraConfig
@@ -128,7 +165,7 @@ def lora_config(peft: dict[str, Any]) -> Any:
 
 
 def _trainer_args(
-    cls: Any, work: Path, settings: dict[str, Any], seed: int, report_to: list[str], mixed: str, cuda: bool
+    cls: Any, work: Path, settings: dict[str, Any], seed: int, report_to: list[str], mixed: str, use_cpu: bool
 ) -> Any:
     settings = dict(settings)
     save_steps = settings.pop("save_steps", 0) or 0
@@ -136,7 +173,7 @@ def _trainer_args(
         output_dir=str(work),
         seed=seed,
         data_seed=seed,
-        use_cpu=not cuda,
+        use_cpu=use_cpu,
         report_to=report_to,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
@@ -182,6 +219,7 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
     from east.models import resolve_dtype
 
     saved = resolve_dtype(dtype)
+    sharding = sharding_info(trainer)  # every rank takes part, before the save gathers weights
     adapters = is_peft(trainer.model)
     peft_info = _peft_info(trainer.model) if adapters else None  # before merging removes the adapters
     if adapters:
@@ -198,6 +236,9 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
         trainer.save_model(str(out / "model"))
         if not trainer.accelerator.is_main_process:
             return
+        # A sharded save writes what the engine held: ZeRO-3's module dtype, FSDP's fp32 full
+        # state dict. The artifact holds the model's dtype, whichever engine trained it.
+        cast_saved(out / "model", saved)
     trainer.processing_class.save_pretrained(str(out / "model"))
     write_json(out / "log_history.json", trainer.state.log_history)
     args = trainer.args
@@ -218,9 +259,60 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
         "device": trainer.accelerator.device.type,
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "peft": peft_info,
+        "sharding": sharding,
         "settings": effective_settings(args),
     }
     write_json(out / "train_info.json", info)
+
+
+def cast_saved(folder: Path, dtype: Any) -> None:
+    """Rewrite ``folder``'s safetensors files with every floating tensor in ``dtype`` (and the
+    config's ``dtype`` to match), where they hold another."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    name = str(dtype).removeprefix("torch.")
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+        if all(t.dtype == dtype or not t.is_floating_point() for t in tensors.values()):
+            continue
+        cast = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+        save_file(cast, str(file), metadata={**metadata, "format": "pt"})
+    config = folder / "config.json"
+    if config.exists():
+        data = json.loads(config.read_text())
+        for key in ("dtype", "torch_dtype"):
+            if key in data:
+                data[key] = name
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def sharding_info(trainer: Any) -> dict[str, Any]:
+    """How the policy's parameters were held: accelerate's distributed type, the parameter
+    count, and the elements each process held (ZeRO-3: its partition, ``ds_tensor``; FSDP2:
+    its DTensor shards; otherwise whole copies) — proof that a ZeRO-3 or FSDP run sharded."""
+    import torch.distributed as dist
+
+    total = local = 0
+    for p in trainer.model.parameters():
+        if hasattr(p, "ds_numel"):  # DeepSpeed ZeRO-3: the full size, and this rank's partition
+            total += p.ds_numel
+            local += p.ds_tensor.numel()
+        else:  # a DTensor's numel is the full size, its local tensor this rank's shard
+            total += p.numel()
+            local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    per_process = [local]
+    if dist.is_available() and dist.is_initialized():
+        per_process = [None] * dist.get_world_size()
+        dist.all_gather_object(per_process, local)
+    kind = trainer.accelerator.distributed_type
+    return {
+        "distributed_type": str(getattr(kind, "value", kind)),
+        "parameters": total,
+        "parameters_per_process": per_process,
+    }
 
 
 def is_peft(model: Any) -> bool:
@@ -289,12 +381,29 @@ def launch(
     """``accelerate launch -m east.stages.train SPEC`` on ``num_processes`` processes."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if accelerate_config is not None:
-        cmd += ["--config_file", str(accelerate_config)]
+        cmd += ["--config_file", str(resolve_accelerate_config(accelerate_config, spec_path.parent))]
     cmd += [*launch_args, "-m", "east.stages.train", str(spec_path)]
     log.info("launching %d training processes: %s", num_processes, " ".join(cmd))
     result = subprocess.run(cmd, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"distributed training failed (exit {result.returncode}): {' '.join(cmd)}")
+
+
+def resolve_accelerate_config(path: Path, folder: Path) -> Path:
+    """``path``, or where it names a DeepSpeed config file by a relative path (relative to the
+    accelerate config, as conf/accelerate/zero3_cpu.yaml does), a copy in ``folder`` naming
+    it by its absolute path: accelerate reads it relative to whatever folder it runs in."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text()) or {}
+    ds = config.get("deepspeed_config") or {}
+    file = ds.get("deepspeed_config_file")
+    if not file or Path(file).is_absolute():
+        return path
+    ds["deepspeed_config_file"] = str((path.parent / file).resolve())
+    out = folder / "accelerate_config.yaml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
 
 
 def main() -> None:

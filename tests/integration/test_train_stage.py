@@ -53,11 +53,11 @@ def test_precision_follows_the_model_dtype_on_a_gpu(monkeypatch):
 def test_trainer_arguments_carry_the_precision_and_checkpoints(tmp_path):
     from trl import SFTConfig
 
-    args = _trainer_args(SFTConfig, tmp_path, {"save_steps": 7, "learning_rate": 1e-3}, 3, [], "bf16", False)
+    args = _trainer_args(SFTConfig, tmp_path, {"save_steps": 7, "learning_rate": 1e-3}, 3, [], "bf16", True)
     assert args.bf16 and not args.fp16 and args.seed == args.data_seed == 3
     assert args.save_strategy == "steps" and args.save_steps == 7 and args.save_total_limit == 1
     assert args.output_dir == str(tmp_path)
-    none = _trainer_args(SFTConfig, tmp_path, {}, 0, [], "no", False)
+    none = _trainer_args(SFTConfig, tmp_path, {}, 0, [], "no", True)
     assert none.save_strategy == "no" and not none.bf16
 
 

@@ -41,6 +41,7 @@ GROUPS = [
 
 
 _CHECK_SAMPLER_INSTALLED = east.config._check_sampler_installed
+_CHECK_DEEPSPEED_INSTALLED = east.config._check_deepspeed_installed
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +49,7 @@ def _any_sampler_package(monkeypatch):
     """These tests check configs, not this machine: sampler=vllm validates here without vLLM
     installed (the package check itself is tested below)."""
     monkeypatch.setattr("east.config._check_sampler_installed", lambda c: None)
+    monkeypatch.setattr("east.config._check_deepspeed_installed", lambda c: None)
 
 
 def test_debug_fast_is_exactly_the_tests_small_loop(tmp_path):
@@ -69,11 +71,19 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path, monk
         extra.append("model=llama-3.2-1b")  # 8 GPUs x 2 = the global batch 16 (tiny's 8 x 8 is not)
     cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}", *extra])
     if group == "distributed" and option in ("fsdp", "zero3"):
-        # Refused on a CPU machine (accelerate would run plain DDP there, keyed as FSDP /
-        # ZeRO-3); composes and validates where CUDA is visible.
-        with pytest.raises(ValueError, match="needs CUDA devices"):
+        # The GPU configs (bf16 autocast) are refused on a CPU machine, naming the CPU variant
+        # that shards the same way in fp32; they validate where CUDA is visible.
+        with pytest.raises(ValueError, match=f"needs CUDA devices.*distributed={option}_cpu"):
             validate(cfg)
         monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    if (
+        group == "distributed"
+        and option in ("zero3", "zero3_cpu")
+        and importlib.util.find_spec("deepspeed") is None
+    ):
+        # Without DeepSpeed a ZeRO-3 config is refused in one line saying how to get it.
+        with pytest.raises(ValueError, match=r"pip install 'east\[deepspeed\]'"):
+            _CHECK_DEEPSPEED_INSTALLED(validate(cfg))
     if (group, option) == ("sampler", "vllm") and importlib.util.find_spec("vllm") is None:
         # Without vLLM this machine refuses the backend in one line; the config itself is fine.
         with pytest.raises(ValueError, match=r"pip install 'east\[vllm\]'"):
