@@ -192,6 +192,9 @@ class VLLMSamplerConfig:
     max_model_len: int | None = None  # null: the longest prompt plus the new tokens
     batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: responses independent of batching
     chunk_requests: int = 4096  # requests per LLM.generate call
+    # auto: off without CUDA (vLLM's CPU runner cannot rewind a seeded request's generator
+    # after a partial prefill), vLLM's default (on) with it.
+    chunked_prefill: Any = "auto"
     data_parallel_size: Any = "auto"  # engines, each on tensor_parallel_size devices
     chunk_prompts: int = 1024
 
@@ -201,6 +204,7 @@ class VLLMSamplerConfig:
         check_int("sampler.entropy_top_k", self.entropy_top_k, 0, 1000)
         check_int("sampler.max_model_len", self.max_model_len, 1, 1 << 22, optional=True)
         check_int("sampler.chunk_requests", self.chunk_requests, 1, 1 << 24)
+        check_choice("sampler.chunked_prefill", self.chunked_prefill, ("auto", True, False))
         _check_data_parallel(self.data_parallel_size)
         check_int("sampler.chunk_prompts", self.chunk_prompts, 1, 1 << 24)
 
@@ -448,7 +452,34 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bo
         _check_placement(c)
         _check_sampler_installed(c)
         _check_deepspeed_installed(c)
+        _check_vllm_head_dim(c)
     return c
+
+
+#: vLLM's CPU attention backend takes head dimensions from 32 up (a tiny model of head_dim 16
+#: fails at its first generate, inside the engine).
+VLLM_CPU_MIN_HEAD_DIM = 32
+
+
+def _check_vllm_head_dim(c: Config) -> None:
+    """sampler=vllm on a CPU with a tiny model whose attention heads vLLM's CPU backend cannot
+    run: one line naming head_dim, before the warm-up."""
+    import torch
+
+    target = c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
+    tiny = c.model.tiny
+    if target != VLLMSamplerConfig._target_ or tiny is None or torch.cuda.is_available():
+        return
+    head_dim = tiny.hidden_size // tiny.num_heads
+    if head_dim < VLLM_CPU_MIN_HEAD_DIM:
+        fail(
+            "model.tiny.num_heads",
+            tiny.num_heads,
+            f"the tiny model's head_dim is {tiny.hidden_size} / {tiny.num_heads} = {head_dim}, and vLLM's CPU "
+            f"attention needs head_dim >= {VLLM_CPU_MIN_HEAD_DIM}: use sampler=hf, or fewer heads "
+            f"(model.tiny.num_heads={max(1, tiny.hidden_size // VLLM_CPU_MIN_HEAD_DIM)}; debug=fast's model has "
+            "head_dim 32)",
+        )
 
 
 def _check_deepspeed_installed(c: Config) -> None:

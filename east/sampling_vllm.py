@@ -67,6 +67,7 @@ class VLLMSampler:
         max_model_len: int | None = None,
         batch_invariant: bool = False,
         chunk_requests: int = 4096,
+        chunked_prefill: bool | str = "auto",
     ):
         if dtype not in VLLM_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} for vLLM; allowed: {', '.join(VLLM_DTYPES)}")
@@ -74,6 +75,7 @@ class VLLMSampler:
         self.max_model_len = max_model_len
         self.batch_invariant = batch_invariant
         self.chunk_requests = chunk_requests
+        self.chunked_prefill = chunked_prefill
         self.gpu_memory_utilization = gpu_memory_utilization
         self.kwargs = {
             "tensor_parallel_size": tensor_parallel_size,
@@ -106,6 +108,7 @@ class VLLMSampler:
                 os.environ["VLLM_BATCH_INVARIANT"] = "1"
             kwargs = dict(self.kwargs)
             kwargs["max_model_len"] = self.max_model_len or longest
+            kwargs.update(prefill_settings(self.chunked_prefill, kwargs["max_model_len"]))
             self._engine = (model_path, vllm.LLM(model=model_path, **kwargs))
         return self._engine[1]
 
@@ -156,6 +159,34 @@ class VLLMSampler:
             del outputs  # each chunk's log-probs go here, not at the end
         self.seconds += time.perf_counter() - start
         return Generation(out, entropy if record else None)
+
+
+#: vLLM's default token budget per scheduler step (vllm/config/scheduler.py,
+#: ``SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS``).
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+def prefill_settings(chunked_prefill: bool | str, max_model_len: int) -> dict[str, Any]:
+    """The engine arguments for ``sampler.chunked_prefill``.
+
+    A request whose prompt does not fit the step's remaining token budget is prefilled in
+    chunks; until its prefill completes, each step's sampled token is discarded and its seeded
+    generator rewound (``gen.set_offset(gen.get_offset() - 4)`` in
+    vllm/v1/worker/gpu_model_runner.py, which the CPU runner inherits). A CPU generator has no
+    offset and raises, killing the engine. With chunked prefill off, the scheduler stops at a
+    prompt that does not fit (vllm/v1/core/sched/scheduler.py) and takes it whole next step;
+    vLLM then requires ``max_num_batched_tokens >= max_model_len`` (vllm/config/scheduler.py).
+    ``auto``: off without CUDA, vLLM's default with it."""
+    if chunked_prefill == "auto":
+        import torch
+
+        chunked_prefill = torch.cuda.is_available()
+    if chunked_prefill:
+        return {}
+    return {
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(max_model_len, DEFAULT_MAX_NUM_BATCHED_TOKENS),
+    }
 
 
 def mean_top_k_entropy(steps: list[dict[int, Any]], temperature: float) -> float:

@@ -11,9 +11,11 @@ Workers read a JSON spec the driver wrote: Hydra stays in the driver.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -124,9 +126,43 @@ def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """In a child about to exec: SIGTERM when the process that started it dies (Linux's
+    ``PR_SET_PDEATHSIG``), so that a driver killed with SIGKILL leaves no worker behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+def start_group(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``cmd`` as the leader of its own process group, which everything it starts joins (a
+    vLLM engine-core process, accelerate's ranks): :func:`stop_group` then ends all of them,
+    where signalling the worker alone would orphan its engine with its device memory. The
+    child gets SIGTERM if the driver dies."""
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End ``proc``'s process group: SIGTERM, then SIGKILL to whatever is left after
+    ``grace_s`` (or at once when ``proc`` has already exited: what is left is orphaned)."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, sig)
+
+
 def run_workers(module: str, specs: list[Path], devices: list[str | None], label: str) -> None:
-    """``python -m MODULE SPEC`` for each spec, concurrently, the i-th on ``devices[i]``;
-    waits for all, and raises naming the first that failed (the others are stopped)."""
+    """``python -m MODULE SPEC`` for each spec, concurrently, the i-th on ``devices[i]``, each
+    in its own process group; waits for all, and raises naming the first that failed (the
+    others are stopped, each with everything it started: no engine outlives its worker)."""
     procs = []
     for spec, group in zip(specs, devices, strict=True):
         env = dict(os.environ)
@@ -134,7 +170,7 @@ def run_workers(module: str, specs: list[Path], devices: list[str | None], label
             env["CUDA_VISIBLE_DEVICES"] = group
         cmd = [sys.executable, "-m", module, str(spec)]
         log.info("%s: worker on %s: %s", label, f"CUDA devices {group}" if group else "CPU", " ".join(cmd))
-        procs.append((subprocess.Popen(cmd, env=env), group))
+        procs.append((start_group(cmd, env), group))
     failed = None
     try:
         while any(p.poll() is None for p, _ in procs) and failed is None:
@@ -142,11 +178,8 @@ def run_workers(module: str, specs: list[Path], devices: list[str | None], label
             time.sleep(0.05)
         failed = failed or next(((p, g) for p, g in procs if p.returncode != 0), None)
     finally:
-        for p, _ in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p, _ in procs:
-            p.wait()
+        for p, _ in procs:  # the others on a failure or Ctrl-C; stragglers of finished ones
+            stop_group(p)
     if failed is not None:
         p, group = failed
         where = f" on CUDA devices {group}" if group else ""

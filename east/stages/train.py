@@ -33,7 +33,6 @@ import json
 import logging
 import random
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -384,9 +383,15 @@ def launch(
         cmd += ["--config_file", str(resolve_accelerate_config(accelerate_config, spec_path.parent))]
     cmd += [*launch_args, "-m", "east.stages.train", str(spec_path)]
     log.info("launching %d training processes: %s", num_processes, " ".join(cmd))
-    result = subprocess.run(cmd, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"distributed training failed (exit {result.returncode}): {' '.join(cmd)}")
+    from east.stages.launch import start_group, stop_group
+
+    proc = start_group(cmd)  # the launcher and its ranks in one group: stopped together
+    try:
+        code = proc.wait()
+    finally:
+        stop_group(proc)
+    if code != 0:
+        raise RuntimeError(f"distributed training failed (exit {code}): {' '.join(cmd)}")
 
 
 def resolve_accelerate_config(path: Path, folder: Path) -> Path:

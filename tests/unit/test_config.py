@@ -69,6 +69,8 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path, monk
     extra = [f"dataset.path={tmp_path}"] if (group, option) == ("dataset", "jsonl") else []
     if group == "distributed" and option in ("ddp", "fsdp", "zero3"):
         extra.append("model=llama-3.2-1b")  # 8 GPUs x 2 = the global batch 16 (tiny's 8 x 8 is not)
+    if (group, option) in (("sampler", "vllm"), ("scale", "paper")):  # scale=paper samples with vLLM
+        extra.append("model.tiny.num_heads=2")  # head_dim 32: what vLLM's CPU attention takes
     cfg = _compose([f"{group}={option}", f"paths.cache_dir={tmp_path}", *extra])
     if group == "distributed" and option in ("fsdp", "zero3"):
         # The GPU configs (bf16 autocast) are refused on a CPU machine, naming the CPU variant
@@ -397,7 +399,7 @@ WORKS = {
 def test_numeric_extremes_are_refused_before_work_or_known_to_work(field, tmp_path, monkeypatch):
     """Each numeric field at 0, -1, 1e-300, 1e300 and 2^62: refused at composition or
     validation (one line from run.py), or listed in WORKS with why it works."""
-    prefix = ["sampler=vllm"] if field.startswith("vllm:") else []
+    prefix = ["sampler=vllm", "model.tiny.num_heads=2"] if field.startswith("vllm:") else []
     key = field.removeprefix("vllm:")
     for value in EXTREMES:
         try:
@@ -406,3 +408,17 @@ def test_numeric_extremes_are_refused_before_work_or_known_to_work(field, tmp_pa
             assert (field, value) not in WORKS, f"{field}={value} is listed as working but refused"
             continue
         assert (field, value) in WORKS, f"{field}={value} validates: refuse it, or list in WORKS why it works"
+
+
+def test_vllm_with_a_tiny_model_vllm_cannot_run_is_one_line(tmp_path):
+    """vLLM's CPU attention needs head_dim >= 32: the default tiny model (64 / 4 = 16) is
+    refused before its warm-up, naming head_dim; debug=fast's (64 / 2) and a GPU are fine."""
+    from east.config import _check_vllm_head_dim
+
+    c = validate(_compose(["sampler=vllm", f"paths.cache_dir={tmp_path}"]), devices=False)
+    with pytest.raises(ConfigError, match=r"head_dim is 64 / 4 = 16.*head_dim >= 32.*sampler=hf"):
+        _check_vllm_head_dim(c)
+    _check_vllm_head_dim(
+        validate(_compose(["sampler=vllm", "debug=fast", f"paths.cache_dir={tmp_path}"]), devices=False)
+    )
+    _check_vllm_head_dim(validate(_compose([f"paths.cache_dir={tmp_path}"]), devices=False))  # the HF sampler

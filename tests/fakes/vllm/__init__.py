@@ -26,7 +26,15 @@ __version__ = "0.31.0+fake"
 MODEL_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 LOGPROBS_MODES = ("raw_logits", "raw_logprobs", "processed_logits", "processed_logprobs")
 #: EngineArgs fields the project may pass through LLM(**kwargs) (vllm/engine/arg_utils.py).
-ENGINE_ARGS = {"max_model_len", "max_logprobs", "logprobs_mode", "disable_log_stats", "enforce_eager"}
+ENGINE_ARGS = {
+    "max_model_len",
+    "max_logprobs",
+    "logprobs_mode",
+    "disable_log_stats",
+    "enforce_eager",
+    "enable_chunked_prefill",
+    "max_num_batched_tokens",
+}
 
 
 def _log(event: dict[str, Any]) -> None:
