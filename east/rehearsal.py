@@ -23,10 +23,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: What the rehearsal's cells sample with (experiments/paper_table.sh: sampling.n=8,
+#: sampling.temperature=1.0, sampling.max_new_tokens=12, scale=paper's top_p, seed 0): the
+#: model is fitted until this very sampling keeps questions.
+SAMPLING = {"n": 8, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 12}
+#: Questions of each dataset's 8 that the cells' sampling must keep (a correct and an
+#: incorrect boxed answer among the 8 samples) before the model is accepted.
+MIN_KEPT = 2
 
-def _warmup_questions(data_dir: Path, per_dataset: int) -> list[tuple[str, str]]:
-    """(question, gold) of the first training questions of GSM8K and MATH, the ones the
-    rehearsal's cells train on (dataset.max_train takes the first rows)."""
+
+def _warmup_problems(data_dir: Path, per_dataset: int) -> dict[str, list[Any]]:
+    """The first training questions of GSM8K and MATH, the ones the rehearsal's cells train on
+    (dataset.max_train takes the first rows), as the loaders read them (ids included)."""
     from east.data.loaders import DatasetConfig, load_problems
 
     gsm8k = DatasetConfig(
@@ -40,20 +48,17 @@ def _warmup_questions(data_dir: Path, per_dataset: int) -> list[tuple[str, str]]
         gold_format="boxed",
         on_bad_row="skip",
     )
-    loaded = [load_problems(d, d.name, "train", limit=per_dataset)[0] for d in (gsm8k, math)]
-    return [(p.question, p.gold) for problems in loaded for p in problems]
+    return {d.name: load_problems(d, d.name, "train", limit=per_dataset)[0] for d in (gsm8k, math)}
 
 
-def _fit_completions(model: Any, rows: list[tuple[list[int], list[int]]], steps: int, pad: int) -> None:
+def _fit_completions(
+    model: Any, rows: list[tuple[list[int], list[int]]], steps: int, pad: int, rng: Any, optimizer: Any
+) -> None:
     """Next-token loss on the completion tokens only, with the LM head applied to those
     positions alone: the rehearsal tokenizer's 49k-word vocabulary makes full-sequence
     logits (what a trainer computes) the whole cost of a step on a CPU."""
-    import random
-
     import torch
 
-    rng = random.Random(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
         batch = rng.sample(rows, 16)
@@ -77,23 +82,55 @@ def _fit_completions(model: Any, rows: list[tuple[list[int], list[int]]], steps:
     model.eval()
 
 
-def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300) -> Path:
+def kept_questions(model_dir: Path, problems: dict[str, list[Any]], seed: int = 0) -> dict[str, int]:
+    """Per dataset, how many of ``problems`` the cells' own sampling (:data:`SAMPLING`, the
+    pipeline's seeds for run seed ``seed``, the HF backend, the paper's prompt) keeps: at
+    least one correct and one incorrect boxed answer among the samples (the default filters)."""
+    from east.grading import grade_question
+    from east.models import load_tokenizer
+    from east.prompts import PAPER_SYSTEM, build_prompts
+    from east.sampling import HFSampler, SamplingParams, sample_seed
+
+    tok = load_tokenizer(str(model_dir), "llama3_paper")
+    params = SamplingParams(**SAMPLING)
+    sampler = HFSampler(batch_size=64, dtype="float32", progress=False)
+    out = {}
+    for name, items in problems.items():
+        prompts = build_prompts(tok, [p.question for p in items], PAPER_SYSTEM)
+        seeds = [[sample_seed(seed, p.id, j, 0) for j in range(params.n)] for p in items]
+        texts = sampler.generate(str(model_dir), prompts.token_ids, seeds, params).texts
+        kept = 0
+        for responses, p in zip(texts, items, strict=True):
+            g = grade_question(responses, p.gold, fallback="last_number")
+            right = [c and b for c, b in zip(g.correct, g.boxed, strict=True)]
+            wrong = [not c and b for c, b in zip(g.correct, g.boxed, strict=True)]
+            kept += any(right) and any(wrong)
+        out[name] = kept
+    return out
+
+
+def build_model(out: Path, data_dir: Path, questions: int = 8, seed: int = 0, max_steps: int = 3000) -> Path:
     """Write the rehearsal model and tokenizer to ``out`` (skipped when already there).
 
     A random-init model never answers a real question, so every question would be dropped
     as all-incorrect. The model is instead given an uncertain base policy on the first
-    ``questions`` training questions of each dataset: a short SFT on completions that box
-    the gold answer half the time and another of these questions' answers otherwise. It
-    learns little more than that answer distribution, which is enough: sampling then gives
-    the mix of right and wrong answers (and the entropy) that EAST weights.
+    ``questions`` training questions of each dataset: a short fit to completions that box the
+    gold answer half the time and another of these questions' answers otherwise. It passes by
+    construction, not by luck: the fit goes on, 100 steps at a time, until the cells' own
+    sampling (:func:`kept_questions`, on this machine's arithmetic) keeps at least
+    :data:`MIN_KEPT` questions of each dataset, and stops with an error naming what it kept
+    after ``max_steps``. ``seed`` seeds the initialisation and the fit's data order (other
+    seeds stand in for another machine's arithmetic); ``fit.json`` records the steps taken.
     """
     if (out / "config.json").exists():
         return out
     import random
+    import shutil
 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from east.cache import write_json
     from east.models import find_gguf, llama3_style
     from east.prompts import PAPER_SYSTEM, build_prompts
 
@@ -101,7 +138,7 @@ def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok = llama3_style(tok, pad_token="<|finetune_right_pad_id|>")
     bos = tok.bos_token_id
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
@@ -119,8 +156,9 @@ def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
 
-    pairs = _warmup_questions(data_dir, questions)
-    rng = random.Random(0)
+    problems = _warmup_problems(data_dir, questions)
+    pairs = [(p.question, p.gold) for items in problems.values() for p in items]
+    rng = random.Random(seed)
     prompts = build_prompts(tok, [q for q, _ in pairs], PAPER_SYSTEM).token_ids
     rows = []
     for ids, (_, gold) in zip(prompts, pairs):
@@ -130,10 +168,28 @@ def build_model(out: Path, data_dir: Path, questions: int = 8, steps: int = 300)
                 "input_ids"
             ]
             rows.append((ids, completion))
-    _fit_completions(model, rows, steps=steps, pad=tok.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    steps, kept = 0, {}
+    while True:
+        _fit_completions(model, rows, 100, tok.pad_token_id, rng, optimizer)
+        steps += 100
+        if steps < 300:
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        kept = kept_questions(tmp, problems)
+        if min(kept.values()) >= MIN_KEPT:
+            break
+        if steps >= max_steps:
+            raise RuntimeError(
+                f"the rehearsal model (seed {seed}) kept {kept} of {questions} questions per dataset after "
+                f"{steps} steps, under {MIN_KEPT}: the cells would drop every question"
+            )
+    write_json(
+        tmp / "fit.json", {"seed": seed, "steps": steps, "kept": kept, "min_kept": MIN_KEPT, **SAMPLING}
+    )
     tmp.rename(out)
     return out
 
@@ -162,6 +218,14 @@ def check(sweep_dirs: list[Path], cache: Path, global_batch: int, cells: int) ->
             t = r["train"]
             if t["effective_batch_size"] != global_batch:
                 problems.append(f"{name}: effective batch {t['effective_batch_size']} != {global_batch}")
+            shards = t.get("sharding") or {}
+            if t["processes"] > 1 and (
+                shards.get("distributed_type") != "DEEPSPEED"
+                or max(shards.get("parameters_per_process") or [0]) >= shards.get("parameters", 0)
+            ):
+                problems.append(
+                    f"{name}: trained on {t['processes']} processes without ZeRO-3 sharding: {shards}"
+                )
     table = build_table(runs)
     wanted = {(r["run"]["model"], setting_of(r), r["run"]["dataset"]) for r in runs}
     empty = [
@@ -229,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("model", help="build the rehearsal model")
     m.add_argument("dir", type=Path)
     m.add_argument("--data", type=Path, required=True, help="folder holding gsm8k/ and math/")
+    m.add_argument("--seed", type=int, default=0, help="the model's initialisation and fit order")
     c = sub.add_parser("check", help="check finished rehearsal sweeps")
     c.add_argument("dirs", type=Path, nargs="+")
     c.add_argument("--cache", type=Path, required=True, help="the sweeps' paths.cache_dir")
@@ -236,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--cells", type=int, default=28)
     args = parser.parse_args(argv)
     if args.command == "model":
-        print(build_model(args.dir, args.data))
+        print(build_model(args.dir, args.data, seed=args.seed))
         return
     summary = check(args.dirs, args.cache, args.global_batch, args.cells)
     print(json.dumps(summary))

