@@ -15,7 +15,9 @@ Two checks (``--pipeline`` runs the second instead of the first):
   that the policy trained in fp32 under bf16 autocast, and that every stage handed its memory
   back.
 
-Prints one JSON line last.
+First (seconds) it imports everything the checks use and stops in one line naming a module the
+bundle or image lacks; the versions, DeepSpeed's and vLLM's included where present, go into the
+JSON line. Prints one JSON line last.
 
 The model is LLaMA-3.2-1B's shape (hidden 2048, 16 layers, 32 heads / 8 KV heads, FFN 8192,
 vocabulary 128,256, tied embeddings) with random weights: step times and throughput depend
@@ -234,7 +236,47 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+#: What the checks import (module, why), tried first, in seconds: a bundle that misses one
+#: fails here, not minutes into a model build.
+IMPORTS = [
+    ("transformers", "models"),
+    ("trl", "the weighted trainers"),
+    ("accelerate", "training processes"),
+    ("datasets", "training data"),
+    ("hydra", "east's configs"),
+    ("omegaconf", "east's configs"),
+    ("math_verify", "grading (--pipeline)"),
+    ("east.training", "the weighted trainers"),
+    ("east.stages.driver", "the stages (--pipeline)"),
+]
+#: Imported when present, and reported: what runs depends on them.
+OPTIONAL = ["deepspeed", "vllm"]
+
+
+def import_check() -> dict[str, str | None]:
+    """Import everything the checks use, first; one line naming what is missing."""
+    import importlib
+
+    versions: dict[str, str | None] = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    for module, why in IMPORTS:
+        try:
+            imported = importlib.import_module(module)
+        except Exception as e:  # the bundle or the image lacks it
+            sys.exit(f"gpu_check: cannot import {module} ({why}): {type(e).__name__}: {e}")
+        versions[module] = getattr(imported, "__version__", None)
+    for module in OPTIONAL:
+        try:
+            versions[module] = importlib.import_module(module).__version__
+        except Exception as e:
+            versions[module] = f"absent ({type(e).__name__})"
+    print(f"imports: {json.dumps(versions)}", file=sys.stderr)
+    return versions
+
+
 def main() -> None:
+    started = time.perf_counter()
+    versions = import_check()
+    print(f"import check: {time.perf_counter() - started:.1f}s", file=sys.stderr)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     parser.add_argument("--pairs", type=int, default=20, help="paired step timings per objective")
@@ -245,7 +287,7 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true", help="one cell through the isolated stages")
     args = parser.parse_args()
     if args.pipeline:
-        result = pipeline_check(args)
+        result = {**pipeline_check(args), "versions": versions}
         print(json.dumps(result))
         if result["problems"]:
             sys.exit(1)
@@ -258,6 +300,7 @@ def main() -> None:
         "shape": args.shape,
         "dtype": "bfloat16" if cuda else "float32",
         "torch": torch.__version__,
+        "versions": versions,
     }
 
     # Weighted vs stock trainer steps (weighting_overhead.py's paired comparison, on this model).
