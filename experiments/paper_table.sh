@@ -56,11 +56,23 @@ if [[ $mode == rehearsal ]]; then
     objective.trainer.num_train_epochs=1 objective.trainer.max_length=512)
 fi
 
+# What a job asks a cluster for, per GPU, by model (resources.* in conf/config.yaml; the
+# user's own resources.* overrides come later and win). The config's default, 8 CPUs and
+# 64 GB a GPU, asks an 8-GPU job for 64 CPUs and 512 GB, which many 8-GPU nodes cannot give.
+# From what each job holds in host memory (estimates read from the engines, not measured):
+# 1B: a vLLM engine or a training process maps 2.5 GB of bf16 weights (5 GB fp32 for the
+# policy) -> 16 GB a GPU; 8B: 16 GB of bf16 weights per engine, ZeRO-3 loading shard by shard
+# under zero.Init -> 32 GB a GPU. CPUs: the grading processes (grading.processes=8 at
+# scale=paper) and one loader per GPU.
+declare -A CPUS_PER_GPU=([llama1b]="${CPUS_PER_GPU_1B:-4}" [llama8b]="${CPUS_PER_GPU_8B:-6}")
+declare -A MEM_GB_PER_GPU=([llama1b]="${MEM_GB_PER_GPU_1B:-16}" [llama8b]="${MEM_GB_PER_GPU_8B:-32}")
+
 # One model's chain: phase A, then phase B. Args: MODEL DISTRIBUTED CELL... (then "--" and
 # the user's overrides).
 chain() {
   local model=$1 dist=$2
   shift 2
+  local asks=("resources.cpus_per_gpu=${CPUS_PER_GPU[$model]}" "resources.mem_gb_per_gpu=${MEM_GB_PER_GPU[$model]}")
   local cells=() datasets=() shared=()
   while [[ $# -gt 0 && $1 != -- ]]; do cells+=("$1"); shift; done
   shift
@@ -84,9 +96,9 @@ chain() {
   # The rehearsal's rows name its model, not the paper's (no paper numbers beside them).
   [[ $mode == rehearsal ]] && label=("model.name=rehearsal-$model")
   (IFS=,; python run.py -m "experiment=${shared[*]}" stop_after=shared "distributed=$dist" \
-    "resources.gpus=$phase_a_gpus" "${extra[@]}" "${label[@]}" "$@" \
+    "resources.gpus=$phase_a_gpus" "${asks[@]}" "${extra[@]}" "${label[@]}" "$@" \
     "hydra.sweep.dir=$out/$model/shared" 'hydra.sweep.subdir=${experiment_name}') || rc=1
-  (IFS=,; python run.py -m "experiment=${cells[*]}" "distributed=$dist" "${extra[@]}" "${label[@]}" "$@" \
+  (IFS=,; python run.py -m "experiment=${cells[*]}" "distributed=$dist" "${asks[@]}" "${extra[@]}" "${label[@]}" "$@" \
     "hydra.sweep.dir=$out/$model/cells" 'hydra.sweep.subdir=${experiment_name}') || rc=1
   return $rc
 }

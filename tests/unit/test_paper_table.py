@@ -16,6 +16,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 if [[ "$1" == run.py ]]; then
   chain=llama1b; [[ "$*" == *llama8b* ]] && chain=llama8b
   echo "start $chain $(date +%s.%N)" >> "$CALLS"
+  echo "args $chain $*" >> "$CALLS"
   sleep 0.5
   echo "end $chain $(date +%s.%N)" >> "$CALLS"
 fi
@@ -47,7 +48,10 @@ def _schedule(tmp_path, *extra: str) -> dict[str, list[tuple[float, float]]]:
     spans: dict[str, list[tuple[float, float]]] = {"llama1b": [], "llama8b": []}
     opened: dict[str, float] = {}
     for line in calls.read_text().splitlines():
-        kind, chain, at = line.split()
+        kind, chain, at = line.split(maxsplit=2)
+        if kind == "args":
+            spans.setdefault(f"args-{chain}", []).append(at)
+            continue
         if kind == "start":
             opened[chain] = float(at)
         else:
@@ -69,3 +73,14 @@ def test_local_chains_run_one_after_the_other(tmp_path):
 def test_a_cluster_launcher_runs_the_chains_side_by_side(tmp_path, launcher):
     spans = _schedule(tmp_path, launcher)
     assert _overlap(spans["llama1b"], spans["llama8b"])
+
+
+def test_each_model_asks_the_cluster_for_its_own_resources(tmp_path):
+    """Per GPU, by model (not 8 CPUs and 64 GB for every GPU of every job): both phases of a
+    chain ask the same; a user's resources.* override comes after and wins."""
+    spans = _schedule(tmp_path, "hydra/launcher=slurm", "resources.mem_gb_per_gpu=99")
+    for chain, cpus, mem in (("llama1b", 4, 16), ("llama8b", 6, 32)):
+        for args in spans[f"args-{chain}"]:
+            words = args.split()
+            assert f"resources.cpus_per_gpu={cpus}" in words and f"resources.mem_gb_per_gpu={mem}" in words
+            assert words.index(f"resources.mem_gb_per_gpu={mem}") < words.index("resources.mem_gb_per_gpu=99")
