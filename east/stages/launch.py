@@ -85,23 +85,88 @@ def worker_logging() -> None:
     quiet_libraries()
 
 
-def report_device_memory(stage: str) -> None:
+class TreeMemory:
+    """The peak device memory held by this process and every process it started, from
+    nvidia-smi's per-process table, sampled every ``interval_s`` in a background thread: a
+    vLLM engine's memory lives in its engine-core child, which torch's counters in the worker
+    never see. Inactive (peak None) where nvidia-smi is missing."""
+
+    def __init__(self, interval_s: float = 1.0):
+        import shutil
+        import threading
+
+        self.interval_s = interval_s
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._thread = (
+            threading.Thread(target=self._loop, daemon=True) if shutil.which("nvidia-smi") else None
+        )
+
+    def start(self) -> TreeMemory:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=5)
+        return self.peak_mib
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def sample(self) -> float | None:
+        """Add one reading: the MiB nvidia-smi lists for this process tree's pids."""
+        import psutil
+
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return self.peak_mib
+        me = psutil.Process()
+        pids = {me.pid} | {c.pid for c in me.children(recursive=True)}
+        used = 0.0
+        for line in out.strip().splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in pids:
+                with contextlib.suppress(ValueError):
+                    used += float(parts[1])
+        self.peak_mib = max(self.peak_mib or 0.0, used)
+        return self.peak_mib
+
+
+def report_device_memory(stage: str, tree: TreeMemory | None = None) -> None:
     """At a worker's end, append its peak device memory to the JSON Lines file named by
-    ``EAST_DEVICE_LOG`` (the GPU check reads it); nothing when unset or without CUDA."""
+    ``EAST_DEVICE_LOG`` (the GPU check reads it): torch's counters for the worker itself and,
+    with ``tree``, nvidia-smi's peak for the worker and every process it started (vLLM's
+    engine core); nothing when unset or when neither has a reading."""
     path = os.environ.get("EAST_DEVICE_LOG")
     if not path:
         return
     import torch
 
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return
-    entry = {
+    entry: dict[str, Any] = {
         "stage": stage,
         "pid": os.getpid(),
         "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 3),
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        entry["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+        entry["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+    peak = tree.stop() if tree is not None else None
+    if peak is not None:
+        entry["process_tree_peak_used_gib"] = round(peak / 1024, 3)
+    if len(entry) == 3:
+        return
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -112,12 +177,13 @@ def worker_main(stage: str, run: Any) -> None:
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m east.stages.{stage} SPEC.json")
     worker_logging()
+    tree = TreeMemory().start() if os.environ.get("EAST_DEVICE_LOG") else None
     try:
         run(json.loads(Path(sys.argv[1]).read_text()))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the driver reports it
         sys.exit(130)
     finally:
-        report_device_memory(stage)
+        report_device_memory(stage, tree)
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:

@@ -10,7 +10,8 @@ Two checks (``--pipeline`` runs the second instead of the first):
   weighted SFT, greedy evaluation of the base and trained models — on the 1B-shaped random
   model and a generated single-digit task (a random model's last number is right often
   enough for questions to be kept). Per stage it records the wall time, the worker's peak
-  device memory (``EAST_DEVICE_LOG``) and the device memory free after it (nvidia-smi: the
+  device memory (``EAST_DEVICE_LOG``: torch's counters, and nvidia-smi's over the worker's
+  whole process tree, where a vLLM engine-core child holds its memory) and the device memory free after it (nvidia-smi: the
   driver never creates a CUDA context), and asserts that the driver never initialised CUDA,
   that the policy trained in fp32 under bf16 autocast, and that every stage handed its memory
   back.

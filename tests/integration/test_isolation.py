@@ -220,3 +220,36 @@ def test_inline_training_with_several_gpus_is_refused(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="nn.DataParallel"):
         validate(cfg)
     validate(_compose([f"paths.cache_dir={tmp_path}"]))  # auto: isolated, one device a stage
+
+
+def test_the_device_log_covers_the_workers_process_tree(tmp_path, monkeypatch):
+    """A vLLM engine's memory lives in its engine-core child, not in the worker torch counts:
+    the device log sums nvidia-smi's per-process table over the worker and every process it
+    started, and leaves out other processes on the GPU. nvidia-smi is a stand-in here (no GPU
+    on this machine): it prints the table the test writes, in nvidia-smi's own CSV format."""
+    import subprocess
+    import sys
+
+    from east.stages.launch import TreeMemory, report_device_memory
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        table = tmp_path / "table.csv"
+        table.write_text(f"{os.getpid()}, 1024\n{child.pid}, 3072\n999999, 5000\n")
+        smi = tmp_path / "bin" / "nvidia-smi"
+        smi.parent.mkdir()
+        smi.write_text(f"#!/bin/sh\ncat {table}\n")
+        smi.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+        monkeypatch.setenv("EAST_DEVICE_LOG", str(tmp_path / "device.jsonl"))
+        tree = TreeMemory(interval_s=0.05)
+        assert tree.sample() == 4096.0  # the worker and its child; not pid 999999
+        table.write_text(f"{os.getpid()}, 512\n")  # later, less: the peak stays
+        tree.start()
+        report_device_memory("sample", tree)
+    finally:
+        child.kill()
+        child.wait()
+    entry = json.loads((tmp_path / "device.jsonl").read_text())
+    assert entry["stage"] == "sample" and entry["process_tree_peak_used_gib"] == 4.0
+    assert "peak_allocated_gib" not in entry  # torch never touched CUDA in this process
