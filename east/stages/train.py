@@ -91,6 +91,7 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         train_device_bytes(spec["base_path"], args.world_size, sharded=_deepspeed(args) or _fsdp(args)),
         f"training {objective} on {spec['base_path']}",
     )
+    check_disk(work, spec["base_path"], spec["settings"], spec["dtype"])
     tokenizer = load_tokenizer(spec["base_path"], spec["chat_template"])
     extra: dict[str, Any] = {}
     if spec.get("peft"):
@@ -122,6 +123,51 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         log.info("resuming training from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     save_trained(trainer, out, spec["dtype"], mixed)
+
+
+class DiskSpaceError(RuntimeError):
+    """Too little free disk for a train stage's checkpoints and model."""
+
+
+#: Bytes a checkpoint takes per parameter, at most: fp32 master weights (4) and Adam's two
+#: moments (8), written by the HF Trainer or as ZeRO-3 partitions, plus a 16-bit (2) or fp32
+#: (4) copy of the weights beside them. 8B: about 128 GB a checkpoint.
+CHECKPOINT_BYTES_PER_PARAMETER = 16
+
+
+def disk_need(base_path: str, settings: dict[str, Any], dtype: str) -> int | None:
+    """The most disk a train stage holds at once: two checkpoints while the newest is written
+    and the older not yet rotated out (``save_total_limit=1``), when it checkpoints at all,
+    plus the trained model in its dtype. None where the weights are not a local folder."""
+    from east.stages.launch import checkpoint_bytes
+
+    stored = checkpoint_bytes(base_path)
+    if stored is None:
+        return None
+    params = stored / _bytes_per_parameter(base_path)
+    saved = 2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4
+    checkpoints = 2 if settings.get("save_steps") else 0
+    return int(params * (checkpoints * CHECKPOINT_BYTES_PER_PARAMETER + saved))
+
+
+def check_disk(folder: Path, base_path: str, settings: dict[str, Any], dtype: str) -> None:
+    """Fail in one line, before any weights load, when ``folder``'s filesystem has less free
+    space than :func:`disk_need` (an 8B cell: about 270 GB)."""
+    need = disk_need(base_path, settings, dtype)
+    if need is None:
+        return
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        gb = 1e9
+        raise DiskSpaceError(
+            f"training needs about {need / gb:.1f} GB of free disk under {existing} (two checkpoints of "
+            f"{CHECKPOINT_BYTES_PER_PARAMETER} bytes a parameter while one rotates out, and the model), and "
+            f"{free / gb:.1f} GB is free: put paths.cache_dir (EAST_CACHE_DIR) on a larger disk, or write fewer "
+            "checkpoints (objective.trainer.save_steps=0: none, and a killed run restarts its training)"
+        )
 
 
 def train_device_bytes(base_path: str, processes: int, sharded: bool) -> int | None:

@@ -138,3 +138,26 @@ def test_the_train_worker_checks_device_memory_before_it_loads_weights(tmp_path,
         train_device_bytes(str(tiny_dir), 8, sharded=True) == train_device_bytes(str(tiny_dir), 1, False) // 8
     )
     assert train_device_bytes("meta-llama/Llama-3.2-1B-Instruct", 1, False) is None  # a hub id
+
+
+def test_the_train_worker_checks_free_disk_before_it_loads_weights(tmp_path, tiny_dir, monkeypatch):
+    """Two checkpoints (16 bytes a parameter each) while one rotates out, and the model: an
+    8B cell needs about 270 GB, and a disk with less fails in one line before training."""
+    import shutil
+    from collections import namedtuple
+
+    from east.stages.train import DiskSpaceError, disk_need
+
+    params = sum(t.numel() for t in load_file(str(tiny_dir / "model.safetensors")).values())
+    need = disk_need(str(tiny_dir), {"save_steps": 200}, "float32")
+    assert need == pytest.approx(params * (2 * 16 + 4), rel=0.02)
+    assert disk_need(str(tiny_dir), {"save_steps": 0}, "bfloat16") == pytest.approx(params * 2, rel=0.02)
+    assert disk_need("meta-llama/Llama-3.1-8B-Instruct", {}, "bfloat16") is None
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    loaded = []
+    monkeypatch.setattr("east.models.load_model", lambda *a, **k: loaded.append(a))
+    spec = _spec(tmp_path, tiny_dir, "disk", settings={"save_steps": 5})
+    with pytest.raises(DiskSpaceError, match=r"free disk under .*paths.cache_dir \(EAST_CACHE_DIR\)"):
+        train_from_spec(spec)
+    assert not loaded
