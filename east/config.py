@@ -488,7 +488,7 @@ def _check_deepspeed_installed(c: Config) -> None:
     import importlib.util
 
     dist = c.distributed
-    if c.evaluation.only or c.stop_after == "shared" or dist.num_processes == 1 or not dist.accelerate_config:
+    if c.evaluation.only or c.stop_after == "shared" or not dist.accelerate_config:
         return
     import yaml
 
@@ -518,7 +518,7 @@ def _check_peft(c: Config) -> None:
     """LoRA trains on whole-model processes (one, or DDP): its merged checkpoint is written from
     an unsharded model."""
     dist = c.distributed
-    if not c.peft.enabled or dist.num_processes == 1 or not dist.accelerate_config:
+    if not c.peft.enabled or not dist.accelerate_config:
         return
     import yaml
 
@@ -539,7 +539,7 @@ def _check_placement(c: Config) -> None:
     cuda = torch.cuda.is_available()
     dist = c.distributed
     trains = not (c.evaluation.only or c.stop_after == "shared")
-    if trains and dist.num_processes > 1 and dist.accelerate_config:
+    if trains and dist.accelerate_config:
         import yaml
 
         accel = yaml.safe_load(dist.accelerate_config_path().read_text()) or {}

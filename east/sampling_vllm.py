@@ -57,6 +57,9 @@ class VLLMSampler:
     #: vLLM gives its memory back only when its process exits: it always generates in a
     #: worker process, whatever isolate_stages says.
     own_process = True
+    #: It can run batch-invariant (VLLM_BATCH_INVARIANT=1): the driver asks for it in greedy
+    #: evaluation on CUDA (east.stages.driver.evaluation_batch_invariant).
+    batch_invariant = False
 
     def __init__(
         self,
@@ -143,7 +146,9 @@ class VLLMSampler:
                     temperature=params.temperature,
                     top_p=params.top_p,
                     max_tokens=params.max_new_tokens,
-                    seed=int(seed) % (2**31),
+                    # Greedy needs no seed, and a seeded request takes vLLM's slower
+                    # per-request sampling path.
+                    seed=int(seed) % (2**31) if params.temperature > 0 else None,
                     logprobs=self.entropy_top_k if record else None,
                     flat_logprobs=record,  # fewer objects for vLLM to hold
                 )

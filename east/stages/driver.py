@@ -125,6 +125,7 @@ class Stages:
         params: SamplingParams,
         token_entropy: bool,
         label: str,
+        sampler_overrides: dict[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Per prompt, in order, ``{"texts": [...], "token_entropy": [...] | None}``: written by
         generate workers (contiguous shards, one per device group) or, unsharded and not
@@ -138,7 +139,7 @@ class Stages:
         base = {
             "model_path": path,
             "dtype": self.c.model.dtype,
-            "sampler": sampler_node(self.c.sampler),
+            "sampler": {**sampler_node(self.c.sampler), **(sampler_overrides or {})},
             "params": dataclasses.asdict(params),
             "token_entropy": token_entropy,
             "chunk_prompts": _get(self.c.sampler, "chunk_prompts", 1024),
@@ -336,7 +337,8 @@ class Stages:
             "chat_template": c.model.chat_template,
         }
         dist = c.distributed
-        if layout["processes"] > 1:  # DDP, FSDP and ZeRO-3 reduce in different orders
+        # DDP, FSDP and ZeRO-3 reduce in different orders (ZeRO-3 on one process too).
+        if layout["processes"] > 1 or dist.accelerate_config:
             config["accelerate_config"] = dist.accelerate_config
         peft = dataclasses.asdict(c.peft) if c.peft.enabled else None
         if peft:  # (absent when off: full-training keys stay what they were)
@@ -357,7 +359,7 @@ class Stages:
                 "peft": peft,
                 "report_to": [],  # the driver logs through its own logger
             }
-            if dist.num_processes > 1:
+            if dist.num_processes > 1 or dist.accelerate_config:  # (ZeRO-3 on one process too)
                 write_json(d / "train_spec.json", spec)
                 accelerate = dist.accelerate_config_path() if dist.accelerate_config else None
                 worker.launch(d / "train_spec.json", dist.num_processes, accelerate, list(dist.launch_args))
@@ -396,13 +398,19 @@ class Stages:
             "timeout_s": g.timeout_s,
             "dtype": self.c.model.dtype,
         }
+        invariant = evaluation_batch_invariant(self.sampler)
+        if invariant:  # (absent otherwise: the HF backend's and CPU keys stay what they were)
+            config["batch_invariant"] = True
 
         def write(d: Path) -> None:
             params = SamplingParams(n=1, temperature=0.0, max_new_tokens=e.max_new_tokens)
             seeds = [[0]] * len(problems)
+            overrides = {"batch_invariant": True} if invariant else {}
             texts = [
                 r["texts"]
-                for r in self._generate(d / ".work", path, prompts.token_ids, seeds, params, False, label)
+                for r in self._generate(
+                    d / ".work", path, prompts.token_ids, seeds, params, False, label, overrides
+                )
             ]
             shutil.rmtree(d / ".work", ignore_errors=True)
             grades = self._grade([(t, p.gold) for t, p in zip(texts, problems, strict=True)])
@@ -508,11 +516,22 @@ def make_sampler(c: Config) -> Any:
 
 def distributed_type(dist: Any) -> str | None:
     """The accelerate config's ``distributed_type`` (``DEEPSPEED``, ``FSDP``, ...), or None."""
-    if dist.num_processes == 1 or not dist.accelerate_config:
+    if not dist.accelerate_config:
         return None
     import yaml
 
     return (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
+
+
+def evaluation_batch_invariant(sampler: Any) -> bool:
+    """Whether greedy evaluation runs batch-invariant: with a backend that can
+    (``batch_invariant`` on its class: vLLM) on CUDA. Phase A evaluates the base model on all
+    of a node's GPUs, phase B the trained model on one; without it a response depends on the
+    batch it ran in, and trained - base would carry batching noise on top of training's effect.
+    Not on a CPU: vLLM's CPU attention has no batch-invariant mode (its backend does not
+    declare ``supports_batch_invariance``), and a CPU's batches are the same either way here
+    (tests/engines: two engines write what one writes)."""
+    return hasattr(type(sampler), "batch_invariant") and launch.cuda_available()
 
 
 def isolation(setting: Any) -> bool:

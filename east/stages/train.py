@@ -341,6 +341,7 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
         "device": trainer.accelerator.device.type,
         "gradient_checkpointing": bool(args.gradient_checkpointing),
         "peft": peft_info,
+        "reference_dtype": reference_dtype(trainer),
         "sharding": sharding,
         "settings": effective_settings(args),
     }
@@ -369,6 +370,17 @@ def cast_saved(folder: Path, dtype: Any) -> None:
             if key in data:
                 data[key] = name
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def reference_dtype(trainer: Any) -> str | None:
+    """The dtype the DPO / KTO reference model computed in (None: SFT, or LoRA's adapter-off
+    policy); a ZeRO-3 engine's module parameters say its dtype too."""
+    ref = getattr(trainer, "ref_model", None)
+    if ref is None:
+        return None
+    module = getattr(ref, "module", ref)
+    first = next(module.parameters(), None)
+    return None if first is None else str(first.dtype).removeprefix("torch.")
 
 
 def sharding_info(trainer: Any) -> dict[str, Any]:

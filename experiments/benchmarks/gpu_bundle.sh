@@ -7,8 +7,8 @@
 # pyarrow, pandas, xxhash, requests and fsspec (this workplace's CUDA image does). The bundle
 # adds what it lacks: east itself, TRL, datasets and datasets' pure-Python helpers, omegaconf
 # and hydra-core (east's configs; with their antlr runtime), and math-verify with its LaTeX
-# parser (the pipeline check grades). All are
-# pure-Python wheels, so one bundle serves any x86-64 or Arm Linux. Under 64 MiB (checked).
+# parser (the pipeline check grades), and DeepSpeed with hjson and pydantic (ZeRO-3). All but
+# pydantic-core are pure-Python wheels. Under 64 MiB (checked).
 # On the GPU machine:
 #   pip install --no-index --no-deps --target /tmp/site OUT_DIR/*.whl
 #   PYTHONPATH=/tmp/site:. python experiments/benchmarks/gpu_check.py [--pipeline]
@@ -27,6 +27,13 @@ python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$
   "hydra-core==$(python -c "import hydra; print(hydra.__version__)")" \
   "math-verify==$(python -c "from importlib.metadata import version; print(version('math-verify'))")" \
   "latex2sympy2_extended==$(python -c "from importlib.metadata import version; print(version('latex2sympy2_extended'))")"
+# DeepSpeed (gpu_check --pipeline trains under ZeRO-3), the version the engines tier pins
+# (.ci/engines.txt): published as a source archive, built here into a pure-Python wheel; with
+# what it imports that the image lacks (hjson, pydantic: pydantic-core is a binary wheel, for
+# this machine's platform, so the bundle is for x86-64 when built on x86-64).
+python -m pip wheel --quiet --no-deps --wheel-dir "$out" "$(grep -E '^deepspeed==' .ci/engines.txt)"
+python -m pip download --quiet --only-binary=:all: --python-version "$py" --implementation cp \
+  --dest "$out" hjson "pydantic>=2,<3"
 # omegaconf's antlr runtime is published as a source archive only: built here into a
 # pure-Python wheel.
 python -m pip wheel --quiet --no-deps --wheel-dir "$out" \

@@ -14,7 +14,11 @@ Two checks (``--pipeline`` runs the second instead of the first):
   whole process tree, where a vLLM engine-core child holds its memory) and the device memory free after it (nvidia-smi: the
   driver never creates a CUDA context), and asserts that the driver never initialised CUDA,
   that the policy trained in fp32 under bf16 autocast, and that every stage handed its memory
-  back.
+  back. Then what the paper's cells add, each in its cheapest form: weighted DPO with its
+  reference in the model's dtype (bf16), ZeRO-3 through ``accelerate launch`` on one process
+  (DeepSpeed from the bundle), and the SFT train worker rerun with a checkpoint every step,
+  killed (SIGKILL) after its first and rerun: it must resume and end at the uninterrupted
+  run's weights, bit for bit.
 
 First (seconds) it imports everything the checks use and stops in one line naming a module the
 bundle or image lacks; the versions, DeepSpeed's and vLLM's included where present, go into the
@@ -147,6 +151,55 @@ def write_digit_task(folder: Path, train: int, test: int) -> Path:
     return folder
 
 
+def kill_and_resume(trained: Path, folder: Path) -> dict[str, object]:
+    """The train worker of ``trained`` rerun with a checkpoint every step, killed (SIGKILL, its
+    whole process group) once the first checkpoint is complete, then run again: it must resume
+    from that checkpoint and end at ``trained``'s weights."""
+    import os
+    import signal
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from east.stages.launch import device_groups
+
+    spec = json.loads((trained / "train_spec.json").read_text())
+    spec.update(out_dir=str(folder / "out"), work_dir=str(folder / "work"))
+    spec["settings"] = {**spec["settings"], "save_steps": 1}
+    folder.mkdir(parents=True)
+    path = folder / "train_spec.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    group = device_groups(1, 1)[0]
+    if group is not None:
+        env["CUDA_VISIBLE_DEVICES"] = group
+    cmd = [sys.executable, "-m", "east.stages.train", str(path)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    problems: list[str] = []
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((folder / "work").glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.1)
+    killed = proc.poll() is None
+    if killed:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not killed:
+        problems.append("kill and resume: training ended before its first checkpoint could be killed")
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if rerun.returncode != 0:
+        return {"problems": [f"kill and resume: the rerun failed: {rerun.stderr[-500:]}"]}
+    if "resuming training from" not in rerun.stderr:
+        problems.append("kill and resume: the rerun did not resume from the checkpoint")
+    a = load_file(str(trained / "model" / "model.safetensors"))
+    b = load_file(str(folder / "out" / "model" / "model.safetensors"))
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    if diff != 0.0:
+        problems.append(f"kill and resume: ended {diff:.3g} away from the uninterrupted run's weights")
+    return {"killed_after_checkpoint": killed, "max_abs_diff": diff, "problems": problems}
+
+
 def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
     """One cell through the real stages, each weight-loading one in its own process."""
     import os
@@ -184,9 +237,14 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
         f"paths.cache_dir={tmp / 'cache'}",
         f"paths.output_dir={tmp / 'out'}",
     ]
-    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
-        c = validate(compose(config_name="config", overrides=overrides))
-    stages = Stages(c, NullLogger(), make_sampler(c))
+
+    def configured(*more: str) -> Stages:
+        with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+            c = validate(compose(config_name="config", overrides=[*overrides, *more]))
+        return Stages(c, NullLogger(), make_sampler(c))
+
+    stages = configured()
+    c = stages.c
     splits = load_splits(c.dataset)
     report: list[dict[str, object]] = []
 
@@ -207,11 +265,31 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
     trained = stage("train", lambda: stages.train(base, records))
     stage("evaluate_base", lambda: stages.evaluate(base, test, splits.tests[test], "evaluate_base"))
     stage("evaluate", lambda: stages.evaluate(trained, test, splits.tests[test], "evaluate"))
+    # What the paper's cells add, each in its cheapest form: DPO with its reference in the
+    # model's dtype (bf16 on a GPU), ZeRO-3 through accelerate (one process: DeepSpeed from
+    # the bundle; zero3_cpu rehearses it on a CPU), and a train worker killed after its first
+    # checkpoint, resumed to the weights of the uninterrupted run above.
+    cuda = torch.cuda.is_available()
+    dpo = configured("objective=dpo")
+    dpo_trained = stage(
+        "train_dpo", lambda: dpo.train(base, stage("build_dpo", lambda: dpo.build(samples, grades)))
+    )
+    zero3 = configured(
+        "distributed=zero3" if cuda else "distributed=zero3_cpu", "distributed.num_processes=1"
+    )
+    zero3_trained = stage("train_zero3", lambda: zero3.train(base, records))
+    resume = stage("train_kill_resume", lambda: kill_and_resume(trained.path, tmp / "resume"))
     log = tmp / "device.jsonl"
     peaks = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     info = json.loads((trained.path / "train_info.json").read_text())
     kept = json.loads((records.path / "stats.json").read_text())["kept"]
-    problems = []
+    dpo_info = json.loads((dpo_trained.path / "train_info.json").read_text())
+    zero3_info = json.loads((zero3_trained.path / "train_info.json").read_text())
+    problems = list(resume["problems"])
+    if zero3_info["sharding"]["distributed_type"] != "DEEPSPEED":
+        problems.append(f"distributed=zero3 trained as {zero3_info['sharding']}")
+    if dpo_info["reference_dtype"] != (c.model.dtype if cuda else "float32") and cuda:
+        problems.append(f"the DPO reference computed in {dpo_info['reference_dtype']}, not {c.model.dtype}")
     if torch.cuda.is_initialized():
         problems.append("the driver initialised CUDA: it holds a context (and maybe memory)")
     if torch.cuda.is_available():
@@ -230,6 +308,9 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
         "shape": args.shape,
         "kept": kept,
         "train": info,
+        "train_dpo": {k: dpo_info[k] for k in ("param_dtype", "mixed_precision", "reference_dtype")},
+        "train_zero3": zero3_info["sharding"],
+        "kill_resume": resume,
         "stages": report,
         "worker_peaks": peaks,
         "problems": problems,

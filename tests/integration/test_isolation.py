@@ -253,3 +253,32 @@ def test_the_device_log_covers_the_workers_process_tree(tmp_path, monkeypatch):
     entry = json.loads((tmp_path / "device.jsonl").read_text())
     assert entry["stage"] == "sample" and entry["process_tree_peak_used_gib"] == 4.0
     assert "peak_allocated_gib" not in entry  # torch never touched CUDA in this process
+
+
+def test_greedy_evaluation_on_cuda_is_batch_invariant_and_unseeded(warm, tmp_path, monkeypatch):
+    """The policy for seeds and batching (tests/fakes/vllm; CUDA reported to the driver's
+    check only): sampled requests carry their seeds; greedy ones carry none (vLLM's faster
+    path; greedy needs none); greedy evaluation runs batch-invariant on CUDA, so the base model
+    (phase A, every GPU of a node) and the trained one (phase B, one GPU) are evaluated alike,
+    and its key says so. Sampling follows sampler.batch_invariant (off by default)."""
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    monkeypatch.setattr("east.stages.launch.cuda_available", lambda: True)
+    cache = _cache_with_base_model(warm, tmp_path / "cache")
+    r = _run(cache, tmp_path / "out", "sampler=vllm", "sampler.data_parallel_size=1")
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    generates = [e for e in events if e["event"] == "generate"]
+    sampled = [e for e in generates if any(s is not None for s in e["seeds"])]
+    greedy = [e for e in generates if all(s is None for s in e["seeds"])]
+    assert sampled and greedy and len(sampled) + len(greedy) == len(generates)
+    assert all(e["batch_invariant"] is None for e in sampled)
+    assert all(e["batch_invariant"] == "1" for e in greedy)
+    for label in ("evaluate_base_arith", "evaluate_trained_arith"):
+        stage = json.loads((cache / "evaluate" / r["stages"][label]["key"] / "stage.json").read_text())
+        assert stage["config"]["batch_invariant"] is True, label
+    sample = json.loads((cache / "sample" / r["stages"]["sample"]["key"] / "stage.json").read_text())
+    assert "batch_invariant" not in sample["config"] and "batch_invariant" not in sample["config"]["sampler"]

@@ -146,7 +146,15 @@ class LLM:
         params = list(params) if isinstance(params, list | tuple) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError("The lengths of prompts and sampling_params must be the same.")
-        _log({"event": "generate", "requests": len(prompts), "logprobs": [p.logprobs for p in params[:1]]})
+        _log(
+            {
+                "event": "generate",
+                "requests": len(prompts),
+                "logprobs": [p.logprobs for p in params[:1]],
+                "seeds": [p.seed for p in params],
+                "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT"),
+            }
+        )
         return [self._one(i, p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
 
     def _one(self, i: int, prompt: Any, sp: SamplingParams) -> RequestOutput:
