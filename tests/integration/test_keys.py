@@ -190,7 +190,8 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "filters.require_boxed_correct": (False, ("build",)),
     "filters.require_boxed_incorrect": (False, ("build",)),
     "distributed.num_processes": (2, ("train",)),
-    "distributed.accelerate_config": ("conf/accelerate/ddp.yaml", ()),  # one process: not used
+    # One process under accelerate launch (a one-process ZeRO-3 trains differently from none).
+    "distributed.accelerate_config": ("conf/accelerate/ddp.yaml", ("train",)),
     "distributed.launch_args": ("['--main_process_port=29555']", ()),
     "peft.method": ("lora", ("train",)),
     # Read only with peft.method=lora (test_lora_settings_shape_the_train_key).
