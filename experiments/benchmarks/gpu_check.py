@@ -223,6 +223,9 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
         f"model.path={model}",
         "dataset=jsonl",
         f"dataset.path={data}",
+        # 25 distinct one-digit sums: the test questions repeat training ones (a smoke check of
+        # the stages, not a result).
+        "dataset.allow_test_in_train=true",
         "logger=none",
         "isolate_stages=true",
         "sampler=hf",
@@ -288,8 +291,8 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
     problems = list(resume["problems"])
     if zero3_info["sharding"]["distributed_type"] != "DEEPSPEED":
         problems.append(f"distributed=zero3 trained as {zero3_info['sharding']}")
-    if dpo_info["reference_dtype"] != (c.model.dtype if cuda else "float32") and cuda:
-        problems.append(f"the DPO reference computed in {dpo_info['reference_dtype']}, not {c.model.dtype}")
+    if cuda and dpo_info["reference_dtype"] not in ("bfloat16", "float16"):  # model.dtype=auto: bf16
+        problems.append(f"the DPO reference computed in {dpo_info['reference_dtype']}, not the model's 16 bits")
     if torch.cuda.is_initialized():
         problems.append("the driver initialised CUDA: it holds a context (and maybe memory)")
     if torch.cuda.is_available():
