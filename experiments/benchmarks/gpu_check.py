@@ -292,7 +292,9 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
     if zero3_info["sharding"]["distributed_type"] != "DEEPSPEED":
         problems.append(f"distributed=zero3 trained as {zero3_info['sharding']}")
     if cuda and dpo_info["reference_dtype"] not in ("bfloat16", "float16"):  # model.dtype=auto: bf16
-        problems.append(f"the DPO reference computed in {dpo_info['reference_dtype']}, not the model's 16 bits")
+        problems.append(
+            f"the DPO reference computed in {dpo_info['reference_dtype']}, not the model's 16 bits"
+        )
     if torch.cuda.is_initialized():
         problems.append("the driver initialised CUDA: it holds a context (and maybe memory)")
     if torch.cuda.is_available():
