@@ -88,3 +88,17 @@ def test_rehearsal_of_the_whole_table(tmp_path, shared_data):
     assert summary["problems"] == []
     assert summary["cells"] == 28
     assert summary["distinct_sample_keys"] == 2  # one per dataset, shared by 12 training cells
+
+
+@pytest.mark.slow  # about 10 minutes: 5 models
+@pytest.mark.parametrize("seed", range(5))
+def test_the_rehearsal_model_keeps_questions_on_five_seeds(tmp_path, shared_data, seed):
+    """Other seeds of the rehearsal model's initialisation and fit order stand in for another
+    machine's arithmetic: on each, the model is fitted until the cells' own sampling keeps at
+    least MIN_KEPT questions of each dataset, which the check then confirms independently."""
+    from east.rehearsal import MIN_KEPT, _warmup_problems, build_model, kept_questions
+
+    out = build_model(tmp_path / "model", shared_data, seed=seed)
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["seed"] == seed and min(fit["kept"].values()) >= MIN_KEPT
+    assert kept_questions(out, _warmup_problems(shared_data, 8)) == fit["kept"]
