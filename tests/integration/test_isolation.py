@@ -282,3 +282,25 @@ def test_greedy_evaluation_on_cuda_is_batch_invariant_and_unseeded(warm, tmp_pat
         assert stage["config"]["batch_invariant"] is True, label
     sample = json.loads((cache / "sample" / r["stages"]["sample"]["key"] / "stage.json").read_text())
     assert "batch_invariant" not in sample["config"] and "batch_invariant" not in sample["config"]["sampler"]
+
+
+def test_a_cached_hub_model_is_measured_for_the_memory_check(tmp_path, monkeypatch):
+    """The memory check of a worker given a hub id (the HF sampler, the train worker) measures
+    the weights in the local Hugging Face cache; an id not downloaded is not measured (None)
+    and nothing is fetched."""
+    from east.stages.launch import checkpoint_bytes
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"x" * 1000)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert checkpoint_bytes("someone/tiny") == 1000
+    assert checkpoint_bytes("someone/absent") is None
