@@ -260,14 +260,14 @@ def checkpoint_bytes(model_path: str) -> int | None:
     id not yet downloaded is not measured."""
     path = Path(model_path)
     if not path.is_dir():
-        path = _cached_snapshot(model_path)
+        path = cached_snapshot(model_path)
         if path is None:
             return None
     files = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()]
     return sum(f.stat().st_size for f in files) or None
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
+def cached_snapshot(repo_id: str) -> Path | None:
     """The local folder of a hub model's cached snapshot, or None (not cached, not a hub id)."""
     if "/" not in repo_id or repo_id.startswith(("/", ".")):
         return None

@@ -187,9 +187,9 @@ def train_device_bytes(base_path: str, processes: int, sharded: bool) -> int | N
 
 def _bytes_per_parameter(base_path: str) -> int:
     """Bytes a stored parameter takes (config.json's dtype; 4 when it does not say)."""
-    from east.stages.launch import _cached_snapshot
+    from east.stages.launch import cached_snapshot
 
-    folder = Path(base_path) if Path(base_path).is_dir() else _cached_snapshot(base_path)
+    folder = Path(base_path) if Path(base_path).is_dir() else cached_snapshot(base_path)
     try:
         config = json.loads((folder / "config.json").read_text()) if folder else {}
     except (OSError, ValueError):
