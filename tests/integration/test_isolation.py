@@ -37,6 +37,17 @@ def _cache_with_base_model(warm: Path, dest: Path) -> Path:
     return dest
 
 
+def _fake_vllm(monkeypatch, tmp_path: Path) -> Path:
+    """vLLM replaced by tests/fakes/vllm here and in worker processes; returns its log."""
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    return log
+
+
 def _artifact(cache: Path, result: dict, stage: str, name: str) -> bytes:
     """A file of the artifact of stage ``stage`` (a label that is also the stage's name)."""
     return (cache / stage / result["stages"][stage]["key"] / name).read_bytes()
@@ -100,12 +111,7 @@ def test_vllm_engines_live_in_workers_and_shards_merge_in_order(warm, tmp_path, 
     """sampler=vllm (tests/fakes/vllm) with 2 data-parallel workers: every engine is built in
     a worker process, never in the driver, even with isolate_stages=false; each sees its own
     device group; the merged samples are in question order."""
-    log = tmp_path / "vllm.jsonl"
-    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(FAKES))
-    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    log = _fake_vllm(monkeypatch, tmp_path)
     cache = _cache_with_base_model(warm, tmp_path / "cache")
     r = _run(cache, tmp_path / "out", "sampler=vllm", "isolate_stages=false", "sampler.data_parallel_size=2")
     events = [json.loads(line) for line in log.read_text().splitlines()]
@@ -261,12 +267,7 @@ def test_greedy_evaluation_on_cuda_is_batch_invariant_and_unseeded(warm, tmp_pat
     path; greedy needs none); greedy evaluation runs batch-invariant on CUDA, so the base model
     (phase A, every GPU of a node) and the trained one (phase B, one GPU) are evaluated alike,
     and its key says so. Sampling follows sampler.batch_invariant (off by default)."""
-    log = tmp_path / "vllm.jsonl"
-    monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(FAKES))
-    monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    log = _fake_vllm(monkeypatch, tmp_path)
     monkeypatch.setattr("east.stages.launch.cuda_available", lambda: True)
     cache = _cache_with_base_model(warm, tmp_path / "cache")
     r = _run(cache, tmp_path / "out", "sampler=vllm", "sampler.data_parallel_size=1")
