@@ -277,6 +277,18 @@ class DistributedConfig:
         path = Path(self.accelerate_config or "")
         return path if path.is_absolute() else ROOT / path
 
+    def accelerate_settings(self) -> dict[str, Any]:
+        """The accelerate config's settings ({} without one)."""
+        if not self.accelerate_config:
+            return {}
+        import yaml
+
+        return yaml.safe_load(self.accelerate_config_path().read_text()) or {}
+
+    def distributed_type(self) -> str | None:
+        """The accelerate config's ``distributed_type`` (``DEEPSPEED``, ``FSDP``, ...), or None."""
+        return self.accelerate_settings().get("distributed_type")
+
 
 @dataclass
 class PeftConfig:
@@ -490,10 +502,7 @@ def _check_deepspeed_installed(c: Config) -> None:
     dist = c.distributed
     if c.evaluation.only or c.stop_after == "shared" or not dist.accelerate_config:
         return
-    import yaml
-
-    kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
-    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+    if dist.distributed_type() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         fail(
             "distributed.accelerate_config",
             dist.accelerate_config,
@@ -520,9 +529,7 @@ def _check_peft(c: Config) -> None:
     dist = c.distributed
     if not c.peft.enabled or not dist.accelerate_config:
         return
-    import yaml
-
-    kind = (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
+    kind = dist.distributed_type()
     if kind in ("FSDP", "DEEPSPEED"):
         fail(
             "peft.method",
@@ -540,9 +547,7 @@ def _check_placement(c: Config) -> None:
     dist = c.distributed
     trains = not (c.evaluation.only or c.stop_after == "shared")
     if trains and dist.accelerate_config:
-        import yaml
-
-        accel = yaml.safe_load(dist.accelerate_config_path().read_text()) or {}
+        accel = dist.accelerate_settings()
         kind = accel.get("distributed_type")
         if kind in ("FSDP", "DEEPSPEED") and not cuda and accel.get("mixed_precision", "no") != "no":
             # A CPU trains in fp32 (bf16 autocast there is slow, and DeepSpeed's bf16 engine

@@ -74,3 +74,27 @@ def weighted_sft_spec(tmp_path, tiny_dir, name, **overrides):
         "report_to": [],
         **overrides,
     }
+
+
+def kill_at_first_checkpoint(proc, cache: Path, settle_s: float = 0.0, poll_s: float = 0.02) -> Path:
+    """SIGKILL ``proc``'s process group (the run, its workers, its ranks) once a train stage in
+    ``cache`` has a complete checkpoint (``trainer_state.json`` is written last), ``settle_s``
+    later; returns that checkpoint. Fails if training ends first."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + 600
+    checkpoint = None
+    while time.time() < deadline and proc.poll() is None:
+        states = sorted((cache / "train").glob(".work-*/checkpoint-*/trainer_state.json"))
+        if states:
+            checkpoint = states[0].parent
+            time.sleep(settle_s)
+            break
+        time.sleep(poll_s)
+    assert proc.poll() is None, "training ended before it could be killed"
+    assert checkpoint is not None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return checkpoint

@@ -375,7 +375,7 @@ class Stages:
 
         lora = ("peft",) if peft else ()  # PEFT's version shapes a LoRA model, not a full one
         engine = (
-            ("deepspeed",) if distributed_type(dist) == "DEEPSPEED" else ()
+            ("deepspeed",) if dist.distributed_type() == "DEEPSPEED" else ()
         )  # ZeRO-3's own optimiser step
         return self._stage(
             "train", config, [model, records], write, label, work=True, libraries=(*lora, *engine)
@@ -512,15 +512,6 @@ def make_sampler(c: Config) -> Any:
     import hydra.utils
 
     return hydra.utils.instantiate(sampler_node(c.sampler), dtype=c.model.dtype)
-
-
-def distributed_type(dist: Any) -> str | None:
-    """The accelerate config's ``distributed_type`` (``DEEPSPEED``, ``FSDP``, ...), or None."""
-    if not dist.accelerate_config:
-        return None
-    import yaml
-
-    return (yaml.safe_load(dist.accelerate_config_path().read_text()) or {}).get("distributed_type")
 
 
 def evaluation_batch_invariant(sampler: Any) -> bool:

@@ -139,12 +139,9 @@ def disk_need(base_path: str, settings: dict[str, Any], dtype: str) -> int | Non
     """The most disk a train stage holds at once: two checkpoints while the newest is written
     and the older not yet rotated out (``save_total_limit=1``), when it checkpoints at all,
     plus the trained model in its dtype. None where the weights are not a local folder."""
-    from east.stages.launch import checkpoint_bytes
-
-    stored = checkpoint_bytes(base_path)
-    if stored is None:
+    params = _parameters(base_path)
+    if params is None:
         return None
-    params = stored / _bytes_per_parameter(base_path)
     saved = 2 if dtype in ("bfloat16", "bf16", "float16", "fp16") else 4
     checkpoints = 2 if settings.get("save_steps") else 0
     return int(params * (checkpoints * CHECKPOINT_BYTES_PER_PARAMETER + saved))
@@ -176,13 +173,19 @@ def train_device_bytes(base_path: str, processes: int, sharded: bool) -> int | N
     parameter), that process's share of them when ZeRO-3 / FSDP shard them. Activations and
     the DPO / KTO reference come on top: a floor that fails a GPU another process holds in one
     line, not a prediction. None where the weights are not a local folder (a hub id)."""
+    params = _parameters(base_path)
+    if params is None:
+        return None
+    return int(16 * params / (processes if sharded else 1))
+
+
+def _parameters(base_path: str) -> float | None:
+    """The parameter count of a local (or locally cached) checkpoint, from its weight files'
+    size; None for a hub id not downloaded."""
     from east.stages.launch import checkpoint_bytes
 
     stored = checkpoint_bytes(base_path)
-    if stored is None:
-        return None
-    params = stored / _bytes_per_parameter(base_path)
-    return int(16 * params / (processes if sharded else 1))
+    return None if stored is None else stored / _bytes_per_parameter(base_path)
 
 
 def _bytes_per_parameter(base_path: str) -> int:

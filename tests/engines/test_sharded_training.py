@@ -16,11 +16,8 @@ What the 8B cells depend on, on the real engines (not a fake, not DDP under thei
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ from safetensors.torch import load_file
 from east.cache import write_jsonl
 from east.stages.train import launch
 from tests.engines.conftest import engine_env, need
-from tests.helpers import ROOT, SMALL
+from tests.helpers import ROOT, SMALL, kill_at_first_checkpoint
 
 # The tier's environment (.ci/engines) has DeepSpeed; FSDP and DDP are torch's own, but run
 # here beside ZeRO-3 (the comparisons are between them), not a second time in the main suite.
@@ -237,19 +234,8 @@ def test_kill_9_mid_training_resumes_from_the_sharded_checkpoint(tmp_path, distr
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the kill takes every rank with it
     )
-    deadline = time.time() + 600
-    checkpoint = None
-    while time.time() < deadline and proc.poll() is None:
-        states = sorted((killed / "train").glob(".work-*/checkpoint-*/trainer_state.json"))
-        if states:
-            checkpoint = states[0].parent
-            time.sleep(0.5)  # every rank's part of it written (the resume checks it is whole)
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    assert checkpoint is not None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # every rank's part of the checkpoint written (the resume checks it is whole)
+    kill_at_first_checkpoint(proc, killed, settle_s=0.5, poll_s=0.05)
     assert not list((killed / "train").glob("[0-9a-f]*"))  # no artifact: the stage never finished
 
     resumed = subprocess.run(

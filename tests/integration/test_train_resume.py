@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import ROOT, SMALL
+from tests.helpers import ROOT, SMALL, kill_at_first_checkpoint
 
 # Long enough to be killed mid-way: 10 epochs of the SMALL default's records (about 70
 # optimiser steps), a checkpoint every 10. No base-model evaluation: not what is tested.
@@ -69,18 +67,7 @@ def test_a_killed_train_stage_resumes_to_the_same_weights(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the kill takes the worker too
     )
-    deadline = time.time() + 600
-    checkpoint = None
-    while time.time() < deadline and proc.poll() is None:
-        states = sorted((killed / "train").glob(".work-*/checkpoint-*/trainer_state.json"))
-        if states:
-            checkpoint = states[0].parent
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training ended before it could be killed"
-    assert checkpoint is not None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    checkpoint = kill_at_first_checkpoint(proc, killed)
     work = checkpoint.parent
     assert not list((killed / "train").glob("[0-9a-f]*"))  # no artifact: the stage never finished
     # A later checkpoint cut short by the kill (no trainer_state.json) must not be resumed from.
