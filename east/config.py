@@ -737,7 +737,7 @@ TRAINER_RANGES: dict[str, tuple[type, float, float, bool, bool]] = {
 
 
 def _check_trainer_settings(c: Config) -> None:
-    from east.training import TRAINERS
+    from east.training import RESERVED, TRAINERS
 
     name = c.objective.name
     config_cls = TRAINERS[name][1]
@@ -746,8 +746,6 @@ def _check_trainer_settings(c: Config) -> None:
         "objective.trainer": c.objective.trainer,
         f"model.trainer_overrides.{name}": _model_overrides(c),
     }
-    from east.stages.train import RESERVED
-
     for where, settings in sources.items():
         reserved = sorted(set(settings) & set(RESERVED))
         if reserved:

@@ -60,6 +60,8 @@ class VLLMSampler:
     #: It can run batch-invariant (VLLM_BATCH_INVARIANT=1): the driver asks for it in greedy
     #: evaluation on CUDA (east.stages.driver.evaluation_batch_invariant).
     batch_invariant = False
+    #: Packages whose versions shape its output: in the generating stages' keys.
+    libraries = ("vllm",)
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ def warm_up_tiny(
 
     from east.data.arith import warmup_completion
     from east.models import build_tiny_model, build_tiny_tokenizer
-    from east.stages.train import save_trained
+    from east.stages.save import save_trained
     from east.training import WeightedSFTTrainer
 
     get = tiny.get if isinstance(tiny, dict) else lambda k: getattr(tiny, k)

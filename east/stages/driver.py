@@ -31,7 +31,7 @@ from east.cache import (
     write_json,
     write_jsonl,
 )
-from east.codeid import function_digest, stage_code
+from east.codeid import defining_module, function_digest, stage_code
 from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
 from east.models import model_path
@@ -72,14 +72,20 @@ class Stages:
         label: str,
         work: bool = False,
         libraries: tuple[str, ...] = (),
+        modules: tuple[str, ...] = (),
     ) -> StageResult:
         """The artifact of ``name`` for this config and inputs, built by ``build(folder)``
         (``work``: ``build(folder, work_dir)``, a folder of the key that survives a killed
         build, for checkpoints, and is removed once the artifact is in place; ``libraries``:
-        packages this build uses beyond the stage's own, whose versions join the key)."""
-        # The code that builds the artifact is part of its key (east.codeid): comments no, code yes.
-        backend = ("vllm",) if "vllm" in str(self.sampler.cache_key) and name in GENERATING else ()
-        config = {**config, "code": stage_code(name, (*backend, *libraries))}
+        packages this build uses beyond the stage's own, whose versions join the key;
+        ``modules``: own modules it runs beyond those east.codeid derives, their code joining
+        the key)."""
+        # The code that builds the artifact is part of its key (east.codeid): comments no, code
+        # yes; for the generating stages, the sampler backend's own module and packages too.
+        if name in GENERATING:
+            modules = (*modules, *defining_module(type(self.sampler)))
+            libraries = (*getattr(type(self.sampler), "libraries", ()), *libraries)
+        config = {**config, "code": stage_code(name, modules, libraries)}
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
         _CURRENT[0] = label
@@ -313,7 +319,9 @@ class Stages:
             write_jsonl(d / "records.jsonl", records)
             write_json(d / "stats.json", stats)
 
-        return self._stage("build", config, [grades], write, round_label("build", round_))
+        # The mapping's own module, with every module of yours it imports (east.codeid).
+        own = defining_module(get_mapping(mapping).raw)
+        return self._stage("build", config, [grades], write, round_label("build", round_), modules=own)
 
     def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:
         """Train the objective with the per-question weights (east.training's TRL subclasses),

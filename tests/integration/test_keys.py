@@ -10,12 +10,14 @@ classified here.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
+from east import codeid
 from east.cache import StageCache, StageResult, stage_key
 from east.config import validate
 from east.tracking import NullLogger
@@ -449,13 +451,13 @@ def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
         return read
 
     def keys_after(edits):
-        codeid.stage_code.cache_clear()
+        codeid.clear_caches()
         monkeypatch.setattr(codeid, "read_source", reading(edits))
         try:
             return stage_keys([])
         finally:
             monkeypatch.setattr(codeid, "read_source", real)
-            codeid.stage_code.cache_clear()
+            codeid.clear_caches()
 
     comments = {
         m: (lambda s: "# a new comment\n" + s.replace("\n\n", "\n\n# and another\n", 1))
@@ -494,10 +496,140 @@ def test_a_lora_train_key_holds_the_peft_version(stage_keys, monkeypatch):
     lora, full = stage_keys(["peft=lora"]), stage_keys([])
     real = codeid._version
     monkeypatch.setattr(codeid, "_version", lambda p: "0.0.0-other" if p == "peft" else real(p))
-    codeid.stage_code.cache_clear()
+    codeid.clear_caches()
     try:
         lora_other, full_other = stage_keys(["peft=lora"]), stage_keys([])
     finally:
-        codeid.stage_code.cache_clear()
+        codeid.clear_caches()
     assert {label for label in lora if lora_other[label] != lora[label]} == _downstream({"train"}) & set(lora)
     assert full_other == full
+
+
+def _keys_after(stage_keys, monkeypatch, edits):
+    """The stage keys with ``edits`` (module -> source edit) applied to the code as read."""
+    real = codeid.read_source
+
+    def read(module):
+        source = real(module)
+        return edits[module](source) if module in edits and source else source
+
+    codeid.clear_caches()
+    monkeypatch.setattr(codeid, "read_source", read)
+    try:
+        return stage_keys([])
+    finally:
+        monkeypatch.setattr(codeid, "read_source", real)
+        codeid.clear_caches()
+
+
+def _changed(base, after):
+    return {k for k in base if after[k] != base[k]}
+
+
+def test_an_edit_in_a_function_a_stage_calls_rebuilds_it_and_what_follows(stage_keys, monkeypatch):
+    """What was missed before: entropy() in east.weighting is called by grading, and the
+    bodies of the sample, grade and evaluate stages live in the driver. Each edit changes the
+    key of the stage that runs it and of every stage after it, and no other."""
+    base = stage_keys([])
+    ln = _keys_after(
+        stage_keys, monkeypatch, {"east.weighting": lambda s: s.replace("np.log2(p)", "np.log(p)")}
+    )
+    # Modules are keyed whole, with what they import: the data loaders import the grading
+    # package, which imports east.weighting, so the warm-up is keyed by it too (more rebuilt
+    # than strictly needed, never less).
+    assert _changed(base, ln) >= _downstream({"grade"}) & set(base)
+
+    def in_driver(old, new):
+        def edit(source):
+            assert old in source, old
+            return source.replace(old, new, 1)
+
+        return {codeid.DRIVER: edit}
+
+    grade_body = _keys_after(
+        stage_keys,
+        monkeypatch,
+        in_driver(
+            'write_json(d / "stats.json", grading_stats(', "write_json(d / 'stats.json', grading_stats("
+        ),
+    )
+    assert grade_body == base  # the same code, written differently
+    grade_body = _keys_after(
+        stage_keys,
+        monkeypatch,
+        in_driver(
+            'grading_stats(grades, g.timeout_s, "grade")', 'grading_stats(grades, g.timeout_s * 2, "grade")'
+        ),
+    )
+    assert _changed(base, grade_body) == _downstream({"grade"}) & set(base)
+    sample_body = _keys_after(
+        stage_keys, monkeypatch, in_driver('responses += len(g["texts"])', 'responses += 2 * len(g["texts"])')
+    )
+    assert _changed(base, sample_body) == _downstream({"sample"}) & set(base)
+    evaluate_body = _keys_after(
+        stage_keys, monkeypatch, in_driver('"answers_not_boxed": sum(', '"answers_not_boxed": 0 + sum(')
+    )
+    assert _changed(base, evaluate_body) == {k for k in base if k.startswith("evaluate_")}
+
+
+USER_MAPPING = '''from east.weighting import register_mapping
+from {helpers} import lift
+
+SCALE = {scale}
+
+
+@register_mapping("{name}")
+def scaled(h, a):
+    """A mapping of yours calling a helper of yours."""
+    return lift(h, a) * SCALE + _offset()
+
+
+def _offset():
+    return 0.1
+'''
+USER_HELPERS = """import numpy as np
+
+
+def lift(h, a):
+    return np.power(h + {shift}, a)
+"""
+
+
+def test_a_mapping_is_keyed_by_all_the_user_code_it_runs(stage_keys, tmp_path, monkeypatch):
+    """A helper's edit, a constant's edit and an edit in a user module the mapping imports
+    each rebuild from the build stage on (they used to be served stale: only the mapping's
+    own function was keyed); a comment rebuilds nothing."""
+    import importlib
+
+    from east.weighting import MAPPINGS
+
+    name = "scaled_stagecode"
+    mod, helpers = "my_mapping_stagecode", "my_helpers_stagecode"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def keys_with(scale="2", shift="0.1", offset="0.1", comment=""):
+        MAPPINGS.pop(name, None)
+        for m in (mod, helpers):
+            sys.modules.pop(m, None)
+        (tmp_path / f"{mod}.py").write_text(
+            USER_MAPPING.format(helpers=helpers, scale=scale, name=name).replace(
+                "return 0.1", f"return {offset}"
+            )
+            + comment
+        )
+        (tmp_path / f"{helpers}.py").write_text(USER_HELPERS.format(shift=shift) + comment)
+        importlib.invalidate_caches()
+        codeid.clear_caches()
+        return stage_keys([f"imports=[{mod}]", f"east.mapping={name}"])
+
+    try:
+        first = keys_with()
+        assert keys_with(comment="\n# a comment\n") == first
+        rebuilt = _downstream({"build"}) & set(first)
+        for edit in ({"scale": "0.5"}, {"offset": "0.2"}, {"shift": "0.3"}):
+            after = keys_with(**edit)
+            assert _changed(first, after) == rebuilt, edit
+    finally:
+        MAPPINGS.pop(name, None)
+        codeid.clear_caches()
