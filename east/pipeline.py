@@ -128,7 +128,9 @@ def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[t
     seconds = time.perf_counter() - start
     stats = results.training_stats(records)
     results.add_paired(evals, evaluated)
-    outcome = results.assemble(c, splits, stages.results, evals, per_round, stats, trained, seconds)
+    outcome = results.assemble(
+        c, splits, stages.results, evals, per_round, stats, trained, seconds, _command_line_overrides()
+    )
     return outcome, stats, evaluated
 
 

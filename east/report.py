@@ -68,14 +68,15 @@ LABELS = {
 
 def setting_of(run: dict[str, Any]) -> str:
     """The table row of a run: ``default``, ``sft`` / ``dpo`` / ``kto`` (vanilla: uniform
-    weights, see :func:`east.weighting.is_vanilla`) or ``<objective>_east`` (any other
-    weighting). ``run``: a results.json, or its ``run`` section."""
+    weights: see :func:`east.weighting.is_vanilla`, or a run whose weights all came out
+    equal) or ``<objective>_east`` (any other weighting). ``run``: a results.json, or its ``run`` section."""
     from east.weighting import is_vanilla
 
     r = run.get("run", run)
     if r["objective"] == "none":
         return "default"
-    return r["objective"] if is_vanilla(r["mapping"], r["sharpness"]) else f"{r['objective']}_east"
+    vanilla = is_vanilla(r["mapping"], r["sharpness"]) or r.get("weights_uniform", False)
+    return r["objective"] if vanilla else f"{r['objective']}_east"
 
 
 def is_baseline(mapping: str) -> bool:
@@ -100,11 +101,79 @@ def paper_number(run: dict[str, Any]) -> dict[str, Any] | None:
     return {"model": run["model"], "setting": setting, "test_set": run["dataset"], "accuracy": accuracy}
 
 
-def variant_of(run: dict[str, Any]) -> str:
+def weighting_of(run: dict[str, Any]) -> str:
     """The weighting of an EAST run, e.g. ``power a=2``; empty for vanilla and default rows."""
     if not setting_of(run).endswith("_east"):
         return ""
     return f"{run['run']['mapping']} a={run['run']['sharpness']:g}"
+
+
+#: Overrides the table already shows (its row, model and column) or that do not change a
+#: number (where files go, the logger); any other override that differs between a model's
+#: runs on one dataset names their rows apart.
+_SHOWN = ("objective", "mapping", "east.mapping", "east.sharpness", "seed", "experiment", "model", "dataset")
+_NO_NUMBERS = ("hydra.", "paths.", "logger", "resources.", "isolate_stages", "imports")
+
+
+def overrides_of(run: dict[str, Any]) -> dict[str, str]:
+    """A run's command-line overrides as key -> value: results.json's ``run.overrides``, else
+    (results written before it was recorded) its Hydra job folder's ``.hydra/overrides.yaml``."""
+    listed = run["run"].get("overrides")
+    if listed is None and run.get("_path"):
+        saved = Path(run["_path"]) / ".hydra" / "overrides.yaml"
+        if saved.exists():
+            import yaml
+
+            listed = yaml.safe_load(saved.read_text()) or []
+    out = {}
+    for item in listed or []:
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def _label_variants(runs: list[dict[str, Any]]) -> None:
+    """Give each run its ``_variant``: its weighting (``weighting_of``) and every override
+    that differs between the runs of its model and dataset, so that a sweep over a field the
+    table does not name (``objective.trainer.learning_rate=1e-6,1.0``) has one row per value
+    rather than one row whose later run overwrites the earlier. Two runs still alike (the
+    same cell run twice) are told apart by their folders."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["run"]["model"], run["run"]["dataset"])].append(run)
+    for group in groups.values():
+        found = [overrides_of(r) for r in group]
+        keys = sorted(
+            k
+            for k in set().union(*found)
+            if k not in _SHOWN and not k.startswith(_NO_NUMBERS) and len({o.get(k) for o in found}) > 1
+        )
+        for run, o in zip(group, found, strict=True):
+            fields = ", ".join(f"{k}={o.get(k, '(default)')}" for k in keys)
+            run["_variant"] = " ".join(filter(None, [weighting_of(run), fields]))
+    seen: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if setting_of(run) != "default":
+            seen[
+                (
+                    run["run"]["model"],
+                    run["run"]["dataset"],
+                    setting_of(run),
+                    run["_variant"],
+                    run["run"]["seed"],
+                )
+            ].append(run)
+    for alike in seen.values():
+        if len(alike) > 1:
+            for run in alike:
+                where = Path(run.get("_path") or "?").name
+                run["_variant"] = " ".join(filter(None, [run["_variant"], f"run {where}"]))
+
+
+def variant_of(run: dict[str, Any]) -> str:
+    """A run's weighting variant and the fields that tell it apart from its sweep's other runs
+    (see :func:`_label_variants`); its weighting only when it was not labelled."""
+    return run.get("_variant", weighting_of(run))
 
 
 def _cells(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[int, float]]:
@@ -133,6 +202,7 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
 
     AVG is the mean over test sets of the per-seed mean, present only when every test set is.
     """
+    _label_variants(runs)
     cells = _cells(runs)
     models = sorted({k[0] for k in cells})
     # The paper's test sets are columns for its models even where no run covers them yet.
@@ -144,7 +214,7 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
             variants = sorted({k[2] for k in cells if k[0] == model and k[1] == row}) or [""]
             for variant in variants:
                 label = LABELS[row] + (f" ({variant})" if len(variants) > 1 else "")
-                baseline = bool(variant) and is_baseline(variant.split()[0])
+                baseline = bool(variant) and "=" not in variant.split()[0] and is_baseline(variant.split()[0])
                 if baseline:
                     label = f"+baseline ({variant})"
                 paper_row = {} if baseline else paper.get(model, {}).get(row, {})

@@ -42,9 +42,11 @@ def assemble(
     stats: dict[str, Any],
     model: StageResult | None,
     seconds: float,
+    overrides: list[str] = (),
 ) -> dict[str, Any]:
     """The run's ``results.json`` (``stats``: the last round's ``training_stats``; ``model``:
-    its trained model, None when the run only evaluates)."""
+    its trained model, None when the run only evaluates; ``overrides``: the job's command
+    line)."""
     from east.report import paper_number
 
     stage_summary = {k: v.summary() for k, v in stages.items()}
@@ -58,6 +60,10 @@ def assemble(
         "dataset": c.dataset.name,
         "seed": c.seed,
         "experiment": c.experiment_name,
+        # The job's command line: what tells it apart from its sweep's other cells (east.report).
+        "overrides": list(overrides),
+        # Every weight came out equal: vanilla self-training, whatever the mapping (east.report).
+        "weights_uniform": bool(stats.get("weights_uniform", False)),
     }
     return {
         "run": run,
@@ -194,6 +200,8 @@ def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) ->
             f"  kept {d['kept']}/{d['questions']} questions; weights {w['min']:.2f} to {w['max']:.2f} "
             f"(mean 1 by construction); entropy {h['min']:.2f} to {h['max']:.2f} bits, mean {h['mean']:.2f}"
         )
+        if r.get("weights_uniform") and r["mapping"] != "uniform":
+            lines.append("  every weight is equal: this run is vanilla self-training, tabled as such")
     lines.append("  accuracy in % of test questions (results.json holds fractions):")
     lines.append(f"  {'test set':<12}{'base':>7}{'trained':>9}  {'trained - base [95% CI]':<30}{'n':>6}")
 

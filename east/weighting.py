@@ -22,10 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from east.errors import UserError
+
 __all__ = [
     "MAPPINGS",
     "SIGNALS",
     "MappingSpec",
+    "WeightingError",
     "canonical",
     "compute_weights",
     "entropy",
@@ -45,27 +48,46 @@ SIGNALS: dict[str, str] = {
 }
 
 
+class WeightingError(UserError):
+    """Weights that cannot be computed from this run's data and mapping (a degenerate signal, a
+    mapping that returns no valid weights): the run's to fix, reported in one line."""
+
+
 @dataclass(frozen=True)
 class MappingSpec:
     name: str
     signal: str
     raw: Callable[[np.ndarray, float], np.ndarray]  # un-normalised g(s; a)
     doc: str
-    uniform_at_zero: bool = True  # sharpness 0 gives every question weight 1 (vanilla)
+    # Declared, not assumed: sharpness 0 gives every question weight 1, so a run at a = 0 is
+    # vanilla (tabled as such, and it reuses the uniform run's records and model).
+    uniform_at_zero: bool = False
 
     def __call__(self, signal: Sequence[float] | np.ndarray, sharpness: float) -> np.ndarray:
         s = _check_signal(signal, self.name, self.signal)
         a = _check_sharpness(sharpness)
-        return normalize(self.raw(s, a), what=f"mapping {self.name!r} (sharpness {a})")
+        what = f"mapping {self.name!r} (sharpness {a:g})"
+        try:
+            raw = self.raw(s, a)
+        except WeightingError:
+            raise
+        except Exception as e:  # a mapping of the user's: its own error, named, in one line
+            raise WeightingError(f"{what} raised {type(e).__name__}: {e}") from e
+        return normalize(_check_raw(raw, s.shape, what), what=what)
 
 
 MAPPINGS: dict[str, MappingSpec] = {}
 
 
-def register_mapping(name: str, *, signal: str = "entropy", uniform_at_zero: bool = True) -> Callable:
+def register_mapping(name: str, *, signal: str = "entropy", uniform_at_zero: bool = False) -> Callable:
     """Register ``fn(signal, sharpness) -> raw weights`` under ``name``; it is normalised to
-    mean 1 and input-checked by the registry, so ``fn`` holds only the formula.
-    ``uniform_at_zero``: sharpness 0 gives uniform weights (the run is then vanilla)."""
+    mean 1 and its input and output are checked by the registry (one finite, non-negative
+    weight per question), so ``fn`` holds only the formula.
+
+    ``uniform_at_zero=True`` declares that sharpness 0 gives every question the same weight
+    (as ``power``'s h^0 does): a run at a = 0 is then vanilla, tabled as such, and reuses the
+    uniform run's cached records and model without calling ``fn``. Off by default: at a = 0 a
+    mapping of yours runs its formula like at any other sharpness."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; allowed: {', '.join(SIGNALS)}")
 
@@ -108,35 +130,52 @@ def _check_sharpness(a: float) -> float:
     try:
         a = float(a)
     except (TypeError, ValueError):
-        raise ValueError(f"sharpness must be a finite number, got {a!r}") from None
+        raise WeightingError(f"sharpness must be a finite number, got {a!r}") from None
     if not math.isfinite(a):
-        raise ValueError(f"sharpness must be finite, got {a}")
+        raise WeightingError(f"sharpness must be finite, got {a}")
     return a
 
 
 def _check_signal(signal: Sequence[float] | np.ndarray, mapping: str, kind: str) -> np.ndarray:
     s = np.asarray(signal, dtype=np.float64)
     if s.ndim != 1:
-        raise ValueError(f"mapping {mapping!r}: the {kind} signal must be 1-D, got shape {s.shape}")
+        raise WeightingError(f"mapping {mapping!r}: the {kind} signal must be 1-D, got shape {s.shape}")
     if s.size == 0:
-        raise ValueError(f"mapping {mapping!r}: empty training set (no {kind} values)")
+        raise WeightingError(f"mapping {mapping!r}: empty training set (no {kind} values)")
     bad = np.flatnonzero(~np.isfinite(s))
     if bad.size:
-        raise ValueError(f"mapping {mapping!r}: non-finite {kind} at index {int(bad[0])}: {s[bad[0]]}")
+        raise WeightingError(f"mapping {mapping!r}: non-finite {kind} at index {int(bad[0])}: {s[bad[0]]}")
     bad = np.flatnonzero(s < 0)
     if bad.size:
-        raise ValueError(f"mapping {mapping!r}: negative {kind} at index {int(bad[0])}: {s[bad[0]]}")
+        raise WeightingError(f"mapping {mapping!r}: negative {kind} at index {int(bad[0])}: {s[bad[0]]}")
     return s
+
+
+def _check_raw(raw: object, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A mapping's raw weights: one finite, non-negative number per question."""
+    try:
+        w = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise WeightingError(f"{what} returned {type(raw).__name__}, not an array of numbers") from None
+    if w.shape != shape:
+        raise WeightingError(
+            f"{what} returned shape {w.shape} for {shape[0]} questions: it must return one weight per question"
+        )
+    return w
 
 
 def normalize(raw: np.ndarray, *, what: str = "weights") -> np.ndarray:
     """Divide by the mean so the weights average exactly 1 over this set."""
     raw = np.asarray(raw, dtype=np.float64)
-    if not np.all(np.isfinite(raw)):
-        raise ValueError(f"{what}: produced non-finite raw weights")
+    bad = np.flatnonzero(~np.isfinite(raw))
+    if bad.size:
+        raise WeightingError(f"{what}: non-finite raw weight {raw[bad[0]]} at index {int(bad[0])}")
+    bad = np.flatnonzero(raw < 0)
+    if bad.size:
+        raise WeightingError(f"{what}: negative raw weight {raw[bad[0]]:g} at index {int(bad[0])}")
     mean = raw.mean()
     if mean <= 0:
-        raise ValueError(f"{what}: every raw weight is zero, so they cannot be normalised to mean 1")
+        raise WeightingError(f"{what}: every raw weight is zero, so they cannot be normalised to mean 1")
     w = raw / mean
     # One correction step removes the last-ulp drift of the division.
     return w / w.mean()
@@ -145,7 +184,7 @@ def normalize(raw: np.ndarray, *, what: str = "weights") -> np.ndarray:
 def _zero_with_negative_power(s: np.ndarray, a: float, mapping: str, what: str) -> None:
     if a < 0 and np.any(s == 0):
         i = int(np.flatnonzero(s == 0)[0])
-        raise ValueError(
+        raise WeightingError(
             f"mapping {mapping!r}: sharpness {a} < 0 is undefined for a zero {what} "
             f"(index {i}); keep the all-correct filter on or use a >= 0"
         )
@@ -154,7 +193,7 @@ def _zero_with_negative_power(s: np.ndarray, a: float, mapping: str, what: str) 
 # --------------------------------------------------------------------------- mappings
 
 
-@register_mapping("power", signal="entropy")
+@register_mapping("power", signal="entropy", uniform_at_zero=True)
 def _power(h: np.ndarray, a: float) -> np.ndarray:
     """The paper's mapping: h^a / mean(h^a). a > 0 favours uncertain questions."""
     if a == 0:
@@ -163,18 +202,18 @@ def _power(h: np.ndarray, a: float) -> np.ndarray:
     return h**a
 
 
-@register_mapping("uniform", signal="entropy")
+@register_mapping("uniform", signal="entropy", uniform_at_zero=True)
 def _uniform(h: np.ndarray, a: float) -> np.ndarray:
     """Vanilla self-training: every kept question weighs 1 (power with a = 0)."""
     return np.ones_like(h)
 
 
-@register_mapping("accuracy", signal="accuracy")
+@register_mapping("accuracy", signal="accuracy", uniform_at_zero=True)
 def _accuracy(acc: np.ndarray, a: float) -> np.ndarray:
     """Paper baseline: (1 - A)^a, A = share of correct responses."""
     if np.any(acc > 1):
         i = int(np.flatnonzero(acc > 1)[0])
-        raise ValueError(f"mapping 'accuracy': accuracy above 1 at index {i}: {acc[i]}")
+        raise WeightingError(f"mapping 'accuracy': accuracy above 1 at index {i}: {acc[i]}")
     if a == 0:
         return np.ones_like(acc)
     err = 1.0 - acc
@@ -182,7 +221,7 @@ def _accuracy(acc: np.ndarray, a: float) -> np.ndarray:
     return err**a
 
 
-@register_mapping("rejected", signal="rejected")
+@register_mapping("rejected", signal="rejected", uniform_at_zero=True)
 def _rejected(r: np.ndarray, a: float) -> np.ndarray:
     """Paper baseline: R^a, R = share of the most frequent incorrect answer."""
     if a == 0:
@@ -191,7 +230,7 @@ def _rejected(r: np.ndarray, a: float) -> np.ndarray:
     return r**a
 
 
-@register_mapping("local_uncertainty", signal="token_entropy")
+@register_mapping("local_uncertainty", signal="token_entropy", uniform_at_zero=True)
 def _local_uncertainty(u: np.ndarray, a: float) -> np.ndarray:
     """Paper baseline ("local uncertainty"): u^a normalised, u = mean token entropy of the
     question's sampled responses under the sampling model (recorded while sampling)."""
@@ -201,7 +240,7 @@ def _local_uncertainty(u: np.ndarray, a: float) -> np.ndarray:
     return u**a
 
 
-@register_mapping("exponential", signal="entropy")
+@register_mapping("exponential", signal="entropy", uniform_at_zero=True)
 def _exponential(h: np.ndarray, a: float) -> np.ndarray:
     """e^{a h}: defined at h = 0 for every a, bounded for a < 0 (softmax-like tilt)."""
     z = a * h

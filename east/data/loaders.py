@@ -106,6 +106,18 @@ class DatasetConfig:
                     list(self.test_sets),
                     f"allowed: a non-empty subset of {', '.join(self.tests or {})}",
                 )
+        if self.arith is not None and not unset(self.name) and self.name != "arith":
+            # A preset's sizes for the embedded task (debug=fast sets dataset.arith) stay on the
+            # node when another dataset is chosen: they never replace the user's data.
+            log.info("dataset.arith does not apply to dataset %s: ignored", self.name)
+            self.arith = None
+        if self.arith is not None and self.path and not unset(self.path):
+            fail(
+                "dataset.path",
+                self.path,
+                "the embedded arith task reads no file; add dataset=jsonl to train on your own data "
+                "(README: Your own data)",
+            )
         if self.path and not unset(self.path) and not Path(self.path).expanduser().exists():
             fail(
                 "dataset.path",
@@ -156,7 +168,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
                 continue
             empty = False
             try:
-                record = json.loads(line)
+                # A JSON number keeps its text: 0.00001 read as a float would be written 1e-05,
+                # and 20000000000000000.0 as 2e+16, and a model's \boxed{0.00001} would not match.
+                record = json.loads(line, parse_float=str)
             except json.JSONDecodeError as e:
                 yield lineno, RowError("malformed JSON", e.msg)
                 continue

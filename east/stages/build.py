@@ -3,6 +3,7 @@ mapping, and build the objective's training records (driver side; no model weigh
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,9 @@ import numpy as np
 from east.config import Config
 from east.errors import UserError
 from east.prompts import assistant, messages
-from east.weighting import canonical
+from east.weighting import WeightingError, canonical
+
+log = logging.getLogger(__name__)
 
 
 class NothingToTrain(UserError):
@@ -44,7 +47,26 @@ def build_records(
         )
     name, sharpness = canonical(c.east.mapping, c.east.sharpness)
     mapping = get_mapping(name)
-    weights = mapping(signal_values(kept, rows, mapping.signal), sharpness)
+    values = signal_values(kept, rows, mapping.signal)
+    if name != "uniform" and len(values) > 1 and np.ptp(values) == 0:
+        raise WeightingError(
+            f"every one of the {len(values)} kept questions has {mapping.signal} {values[0]:g}, so "
+            f"mapping {name!r} cannot weight them apart (sampling.n={c.sampling.n}: "
+            f"{'one response per question has entropy 0' if c.sampling.n == 1 else 'more samples tell questions apart'}); "
+            "sample more responses (sampling.n) or run east.mapping=uniform"
+        )
+    weights = mapping(values, sharpness)
+    # Weights that came out all equal train exactly vanilla self-training: said here, and the
+    # run is tabled as vanilla, not as EAST (results.json run.weights_uniform).
+    uniform = name != "uniform" and bool(np.ptp(weights) == 0)
+    if uniform:
+        log.warning(
+            "mapping %r at sharpness %g gave all %d questions the same weight: this run trains "
+            "vanilla self-training and is tabled as such, not as EAST",
+            name,
+            sharpness,
+            len(weights),
+        )
     kwargs = {"k": c.objective.sft_k} if c.objective.name == "sft" else {}
     records = build_objective_records(c.objective.name, kept, weights, seed=c.seed, **kwargs)
     for r in records:  # TRL conversational format
@@ -61,6 +83,7 @@ def build_records(
         "entropy": summary(kept_entropy),
         "entropy_all": summary(entropy),
         "weight": summary(list(weights)),
+        "weights_uniform": name == "uniform" or uniform,
         "accuracy_all": summary([q.grade.accuracy for q in questions]),
         "kept_entropy_values": kept_entropy,
         "weight_values": [float(w) for w in weights],

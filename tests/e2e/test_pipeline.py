@@ -50,6 +50,8 @@ def test_results_schema(first):
         "dataset": "arith",
         "seed": 0,
         "experiment": None,
+        "overrides": [],
+        "weights_uniform": False,
     }
     for stage in ("base_model", "sample", "grade", "build", "train", "evaluate"):
         s = first["stages"][stage]
