@@ -217,11 +217,18 @@ def _rows(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def write_manifest(folder: Path) -> None:
-    """Record every file of an artifact: size, SHA-256 and (JSON Lines) row count."""
+def write_manifest(folder: Path, hash_large: bool = True) -> None:
+    """Record every file of an artifact: size, SHA-256 and (JSON Lines) row count.
+    ``hash_large=False`` (a training checkpoint, rewritten every few hundred steps): files over
+    CHECKSUM_MAX_BYTES, which verification checks by size unless EAST_VERIFY=full, get no
+    checksum, unless EAST_VERIFY=full."""
+    hash_large = hash_large or os.environ.get("EAST_VERIFY") == "full"
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        entry: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        size = path.stat().st_size
+        entry: dict[str, Any] = {"bytes": size}
+        if hash_large or size <= CHECKSUM_MAX_BYTES:
+            entry["sha256"] = _sha256(path)
         if path.suffix == ".jsonl":
             entry["rows"] = _rows(path)
         files[path.relative_to(folder).as_posix()] = entry
@@ -272,7 +279,7 @@ def verify_artifact(folder: Path) -> str | None:
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"{name} has {size} bytes, the manifest says {entry['bytes']}"
-        if (full or size <= CHECKSUM_MAX_BYTES) and _sha256(path) != entry["sha256"]:
+        if "sha256" in entry and (full or size <= CHECKSUM_MAX_BYTES) and _sha256(path) != entry["sha256"]:
             return f"{name} has changed since it was written (checksum)"
     return None
 

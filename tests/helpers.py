@@ -80,7 +80,7 @@ def weighted_sft_spec(tmp_path, tiny_dir, name, **overrides):
 
 def kill_at_first_checkpoint(proc, cache: Path, settle_s: float = 0.0, poll_s: float = 0.02) -> Path:
     """SIGKILL ``proc``'s process group (the run, its workers, its ranks) once a train stage in
-    ``cache`` has a complete checkpoint (``trainer_state.json`` is written last), ``settle_s``
+    ``cache`` has a complete checkpoint (its ``manifest.json`` is written last), ``settle_s``
     later; returns that checkpoint. Fails if training ends first."""
     import os
     import signal
@@ -89,7 +89,7 @@ def kill_at_first_checkpoint(proc, cache: Path, settle_s: float = 0.0, poll_s: f
     deadline = time.time() + 600
     checkpoint = None
     while time.time() < deadline and proc.poll() is None:
-        states = sorted((cache / "train").glob(".work-*/checkpoint-*/trainer_state.json"))
+        states = sorted((cache / "train").glob(".work-*/checkpoint-*/manifest.json"))
         if states:
             checkpoint = states[0].parent
             time.sleep(settle_s)

@@ -111,13 +111,16 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), checkpoint_manifests()],
         **extra,
     )
     from east.tracking import console_progress
 
     console_progress(trainer, f"train {objective}")
-    resume = last_checkpoint(work)
+    if trainer.accelerator.is_main_process:
+        last_checkpoint(work)  # checkpoints cut short removed, damaged ones set aside
+    trainer.accelerator.wait_for_everyone()
+    resume = last_checkpoint(work, tidy=False)
     if resume:
         log.info("resuming training from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
@@ -272,9 +275,14 @@ def _trainer_args(
     )
 
 
-def last_checkpoint(work: Path) -> str | None:
-    """The newest complete checkpoint under ``work`` (one a kill cut short, with no
-    ``trainer_state.json`` — written last — is removed), or None."""
+def last_checkpoint(work: Path, tidy: bool = True) -> str | None:
+    """The newest verified checkpoint under ``work``, or None. ``tidy`` (one process does it,
+    before the others look): a checkpoint a kill cut short (no ``trainer_state.json``, or no
+    manifest, both written last) is removed, and one that no longer matches its manifest (a
+    damaged file) is set aside as ``<name>.damaged`` with one line each, so that training
+    resumes from the newest sound one, never from damaged weights."""
+    from east.cache import MANIFEST, verify_artifact
+
     if not work.is_dir():
         return None
     found = []
@@ -282,11 +290,22 @@ def last_checkpoint(work: Path) -> str | None:
         step = d.name.split("-")[-1]
         if not (d.is_dir() and step.isdigit()):
             continue
-        if _complete(d):
-            found.append((int(step), d))
-        else:
+        if not tidy:
+            if (d / MANIFEST).is_file():
+                found.append((int(step), d))
+            continue
+        if not _complete(d) or not (d / MANIFEST).is_file():
             log.warning("removing %s: a checkpoint cut short by a kill", d)
             shutil.rmtree(d, ignore_errors=True)
+            continue
+        problem = verify_artifact(d)
+        if problem is not None:
+            aside = d.with_name(f"{d.name}.damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            d.rename(aside)
+            log.warning("not resuming from %s: %s; set aside as %s (delete it)", d, problem, aside.name)
+            continue
+        found.append((int(step), d))
     return str(max(found)[1]) if found else None
 
 
@@ -296,6 +315,29 @@ def _complete(checkpoint: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def checkpoint_manifests() -> Any:
+    """A transformers callback that seals each checkpoint with a manifest (east.cache: every
+    file's size and SHA-256), once every process has written its part: a resume verifies it."""
+    from transformers import TrainerCallback
+
+    class CheckpointManifest(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            import torch.distributed as dist
+
+            from east.cache import write_manifest
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank's shard is on disk
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    write_manifest(folder, hash_large=False)
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+
+    return CheckpointManifest()
 
 
 def launch(

@@ -86,13 +86,23 @@ def test_a_killed_train_stage_resumes_to_the_same_weights(tmp_path):
     assert not work.exists()  # the work folder goes once the artifact is in place
 
 
+def _checkpoint(work: Path, step: int, weights: bytes = b"weights", sealed: bool = True) -> Path:
+    from east.cache import write_manifest
+
+    d = work / f"checkpoint-{step}"
+    d.mkdir(parents=True)
+    (d / "trainer_state.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(weights)
+    if sealed:
+        write_manifest(d, hash_large=False)
+    return d
+
+
 @pytest.mark.parametrize("state", ["", "{not json"])
 def test_a_checkpoint_without_a_readable_state_is_skipped(tmp_path, state):
     from east.stages.train import last_checkpoint
 
-    good = tmp_path / "checkpoint-5"
-    good.mkdir()
-    (good / "trainer_state.json").write_text("{}")
+    good = _checkpoint(tmp_path, 5)
     bad = tmp_path / "checkpoint-10"
     bad.mkdir()
     if state:
@@ -100,3 +110,27 @@ def test_a_checkpoint_without_a_readable_state_is_skipped(tmp_path, state):
     assert last_checkpoint(tmp_path) == str(good)
     assert not bad.exists()
     assert last_checkpoint(tmp_path / "nothing") is None
+
+
+def test_a_checkpoint_cut_short_before_its_manifest_is_removed(tmp_path):
+    from east.stages.train import last_checkpoint
+
+    good = _checkpoint(tmp_path, 5)
+    unsealed = _checkpoint(tmp_path, 10, sealed=False)
+    assert last_checkpoint(tmp_path) == str(good) and not unsealed.exists()
+
+
+def test_a_damaged_checkpoint_is_set_aside_with_one_line_and_never_resumed(tmp_path, caplog):
+    """One flipped byte in a checkpoint's weights was resumed from without a word, and the
+    different model sealed as a verified artifact. Now the checkpoint is verified against the
+    manifest written when it was saved, and a damaged one set aside."""
+    from east.stages.train import last_checkpoint
+
+    good = _checkpoint(tmp_path, 5)
+    damaged = _checkpoint(tmp_path, 10, b"weights")
+    (damaged / "model.safetensors").write_bytes(b"weighTs")  # one byte flipped, same size
+    assert last_checkpoint(tmp_path) == str(good)
+    assert not damaged.exists() and (tmp_path / "checkpoint-10.damaged" / "model.safetensors").exists()
+    [line] = [r.getMessage() for r in caplog.records if "checkpoint-10" in r.getMessage()]
+    assert "model.safetensors has changed since it was written" in line and "set aside" in line
+    assert last_checkpoint(tmp_path, tidy=False) == str(good)  # the other processes' view
