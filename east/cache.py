@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from east.errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: Bump when a stage's output format or semantics change, to invalidate old artifacts.
@@ -284,7 +286,7 @@ def verify_artifact(folder: Path) -> str | None:
     return None
 
 
-class LockUnsupported(RuntimeError):
+class LockUnsupported(UserError):
     """The filesystem of the cache does not support ``flock``."""
 
 
@@ -309,8 +311,9 @@ def _flock(f: Any, flags: int, path: Path) -> None:
         raise
 
 
-class LockTimeout(RuntimeError):
-    """Waited longer than ``paths.lock_timeout_s`` for another process's build."""
+class LockTimeout(UserError):
+    """Waited longer than ``paths.lock_timeout_s`` for another process's build: a situation
+    of the user's (another run holds the stage), reported in one line."""
 
 
 def _holder(path: Path) -> str:

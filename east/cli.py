@@ -64,6 +64,9 @@ def problems_of(
         jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [overrides]
         swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
         problems = []
+        run_dir = _run_dir_problem(config_name, list(jobs[0]) if jobs else overrides, multirun)
+        if run_dir:
+            return [run_dir]
         for job in jobs:
             named = [o for o in job if o.split("=", 1)[0] in swept] or list(job)
             label = f"cell {' '.join(named)}: " if multirun and len(jobs) > 1 else ""
@@ -78,6 +81,24 @@ def problems_of(
                 problems.append(f"{label}{composition_message(e, config_dir)}")
     GlobalHydra.instance().clear()
     return problems
+
+
+def _run_dir_problem(config_name: str, overrides: list[str], multirun: bool) -> str | None:
+    """Why Hydra could not create the run's folder (``hydra.run.dir``, or ``hydra.sweep.dir``
+    for a sweep): a file in its way, or a folder it cannot write; None when it can, or when it
+    cannot be told before Hydra resolves it."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from east.errors import writable_problem
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        folder = OmegaConf.select(cfg, key)
+    except Exception:  # a sweep's lists, a resolver only Hydra's run has: Hydra decides
+        return None
+    return writable_problem(str(folder), key) if folder else None
 
 
 def _first_line(error: BaseException) -> str:

@@ -352,6 +352,17 @@ class PathsConfig:
                 )
         if self.lock_timeout_s is not None:
             check_real("paths.lock_timeout_s", self.lock_timeout_s, 0.0, 1e7, open_low=True)
+        from east.errors import writable_problem
+
+        # The cache may be read-only (a finished sweep's, shared): a build that must write is
+        # then one line at run time. The output folder is always written.
+        checks = [("paths.cache_dir", self.cache_dir, False), ("paths.output_dir", self.output_dir, True)]
+        for key, value, written in checks:
+            if value is None or unset(value):
+                continue
+            problem = writable_problem(str(value), key)
+            if problem and (written or "not writable" not in problem):
+                raise ConfigError(problem)
 
 
 @dataclass
@@ -610,6 +621,15 @@ def sampler_config(node: Any) -> Any:
 def _local_path_problem(value: str) -> str | None:
     """Why ``value`` is neither an existing local path nor a hub id, or None."""
     path = Path(value).expanduser()
+    if path.is_file():
+        return "a file, not a folder of weights (a folder with config.json, *.safetensors and the tokenizer files)"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return (
+                "a folder without config.json: give a folder of Hugging Face weights (config.json, "
+                "*.safetensors and the tokenizer files), e.g. from huggingface-cli download ORG/NAME --local-dir DIR"
+            )
+        return None
     if path.exists():
         return None
     if value.startswith(("/", ".", "~")) or value.count("/") > 1 or not _HUB_ID_RE.fullmatch(value):

@@ -22,9 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from east.errors import UserError
+
 log = logging.getLogger(__name__)
 
 GIB = 2**30
+
+
+class WorkerUserError(UserError):
+    """A worker stopped on the user's situation (a config value, a full or read-only disk):
+    its one line, reported by the driver."""
 
 
 class DeviceMemoryError(RuntimeError):
@@ -178,12 +185,44 @@ def worker_main(stage: str, run: Any) -> None:
         sys.exit(f"usage: python -m east.stages.{stage} SPEC.json")
     worker_logging()
     tree = TreeMemory().start() if os.environ.get("EAST_DEVICE_LOG") else None
+    signal.signal(signal.SIGTERM, _terminated)  # stopped by the driver: a clean exit, no traceback
+    spec = Path(sys.argv[1])
     try:
-        run(json.loads(Path(sys.argv[1]).read_text()))
+        run(json.loads(spec.read_text()))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the driver reports it
         sys.exit(130)
+    except Exception as e:  # the user's situation (a config value, a full disk): one line
+        from east.errors import UserError, storage_message
+
+        message = str(e) if isinstance(e, UserError) else storage_message(e)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        with contextlib.suppress(OSError):  # (a full disk may not take even this)
+            error_file(spec).write_text(message)
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(2)
     finally:
         report_device_memory(stage, tree)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def error_file(spec: Path) -> Path:
+    """Where a worker leaves the one line of a user's error for the driver to report."""
+    return spec.with_name(spec.name + ".error")
+
+
+def worker_failure(label: str, specs: list[Path], fallback: str) -> Exception:
+    """The error a failed worker leaves the driver: its one line (a :class:`WorkerUserError`),
+    else a RuntimeError naming the worker (its output is above)."""
+    for spec in specs:
+        with contextlib.suppress(OSError):
+            message = error_file(spec).read_text().strip()
+            if message:
+                return WorkerUserError(f"{label}: {message}")
+    return RuntimeError(fallback)
 
 
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
@@ -230,6 +269,8 @@ def run_workers(module: str, specs: list[Path], devices: list[str | None], label
     in its own process group; waits for all, and raises naming the first that failed (the
     others are stopped, each with everything it started: no engine outlives its worker)."""
     procs = []
+    for spec in specs:
+        error_file(spec).unlink(missing_ok=True)
     for spec, group in zip(specs, devices, strict=True):
         env = dict(os.environ)
         if group is not None:
@@ -249,8 +290,10 @@ def run_workers(module: str, specs: list[Path], devices: list[str | None], label
     if failed is not None:
         p, group = failed
         where = f" on CUDA devices {group}" if group else ""
-        raise RuntimeError(
-            f"{label}: the {module} worker{where} failed (exit {p.returncode}); its output is above"
+        raise worker_failure(
+            label,
+            specs,
+            f"{label}: the {module} worker{where} failed (exit {p.returncode}); its output is above",
         )
 
 

@@ -349,15 +349,20 @@ def launch(
         cmd += ["--config_file", str(resolve_accelerate_config(accelerate_config, spec_path.parent))]
     cmd += [*launch_args, "-m", "east.stages.train", str(spec_path)]
     log.info("launching %d training processes: %s", num_processes, " ".join(cmd))
-    from east.stages.launch import start_group, stop_group
+    from east.stages.launch import error_file, start_group, stop_group
 
+    error_file(spec_path).unlink(missing_ok=True)
     proc = start_group(cmd)  # the launcher and its ranks in one group: stopped together
     try:
         code = proc.wait()
     finally:
         stop_group(proc)
     if code != 0:
-        raise RuntimeError(f"distributed training failed (exit {code}): {' '.join(cmd)}")
+        from east.stages.launch import worker_failure
+
+        raise worker_failure(
+            "train", [spec_path], f"distributed training failed (exit {code}): {' '.join(cmd)}"
+        )
 
 
 def resolve_accelerate_config(path: Path, folder: Path) -> Path:

@@ -79,6 +79,7 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")
     markup = ["<|im_start|>system\nAnswer in \\boxed{}.<|im_end|>\n<|im_start|>user\n<|im_start|>assistant\n"]
     build_tiny_tokenizer(TASK_TEXTS + markup * 20).save_pretrained(path)
+    (path / "config.json").write_text('{"model_type": "llama"}')  # a weights folder, as model.path needs
     return path
 
 

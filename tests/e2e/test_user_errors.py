@@ -1,0 +1,245 @@
+"""Every user's situation is one line naming what to do, exit 2, and nothing partial left
+behind; SIGTERM stops a run like Ctrl-C; no worker outlives its driver (issue 28).
+
+Storage faults a test cannot make for real (a filesystem remounted read-only, a disk that
+fills during a save) are injected through ``imports:``, the way a user's own module is
+loaded, by a module that makes the named library call fail as the kernel would.
+``USER_ERRORS`` lists them for the fault table (tests/FAULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, SMALL
+
+#: fault -> (overrides, injected code (or None), the one line's expected text)
+USER_ERRORS: dict[str, tuple[list[str], str | None, str]] = {
+    "a read-only cache that needs a build (EROFS on its lock)": (
+        [],
+        """
+import errno, east.cache as c
+def _lock(path, stage, key, timeout_s=None):
+    raise OSError(errno.EROFS, "Read-only file system", str(path.parent / ".locks" / key))
+c._key_lock = _lock
+""",
+        r"Error: cannot write .*\.locks.* \(Read-only file system\): point paths\.cache_dir",
+    ),
+    "the cache remounted read-only mid-run (writing the grades)": (
+        [],
+        """
+import errno, east.stages.driver as d
+_real = d.write_jsonl
+def _write(path, rows):
+    if path.name == "grades.jsonl":
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return _real(path, rows)
+d.write_jsonl = _write
+""",
+        r"Error: cannot write .*grades\.jsonl \(Read-only file system\)",
+    ),
+    "the disk fills during the train stage's save (SafetensorError)": (
+        [],
+        """
+import transformers.modeling_utils as m
+from safetensors import SafetensorError
+def _full(*args, **kwargs):
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+m.safe_save_file = _full
+""",
+        r"Error: the disk is full \(.*StorageFull.*\): free space",
+    ),
+    "paths.lock_timeout_s expiring (another run holds the stage)": (
+        ["paths.lock_timeout_s=1"],
+        """
+import east.cache as c
+def _lock(path, stage, key, timeout_s=None):
+    raise c.LockTimeout(f"stage {stage} ({key}): waited 1s for pid 12345 building it (paths.lock_timeout_s=1); if that process is stopped or hung, end it and rerun the same command")
+c._key_lock = _lock
+""",
+        r"Error: stage \w+ \(.*\): waited 1s for pid 12345 building it",
+    ),
+    "EAST_CACHE_DIR pointing at a file": (
+        ["paths.cache_dir={file}"],
+        None,
+        r"Error: invalid config paths\.cache_dir=.*: it is a file, not a folder",
+    ),
+    "hydra.run.dir under a file": (
+        ["hydra.run.dir={file}/run"],
+        None,
+        r"Error: invalid config hydra\.run\.dir=.*, which is a file, not a folder",
+    ),
+    "paths.output_dir under a file": (
+        ["paths.output_dir={file}/out"],
+        None,
+        r"Error: invalid config paths\.output_dir=.*, which is a file, not a folder",
+    ),
+    "model.path a file": (
+        ["model=llama-3.2-1b", "model.path={file}"],
+        None,
+        r"Error: invalid config model\.path=.*a file, not a folder of weights",
+    ),
+    "model.path an empty folder": (
+        ["model=llama-3.2-1b", "model.path={empty}"],
+        None,
+        r"Error: invalid config model\.path=.*a folder without config\.json",
+    ),
+    "sampling.n=1 with the filters relaxed (every entropy 0)": (
+        ["sampling.n=1", "filters.drop_all_correct=false", "filters.require_boxed_incorrect=false"],
+        None,
+        r"Error: every one of the \d+ kept questions has entropy 0.*sampling\.n=1",
+    ),
+    "a user mapping returning negative weights": (
+        ["east.mapping=negative_user", "east.sharpness=1"],
+        """
+from east.weighting import register_mapping
+@register_mapping("negative_user")
+def negative(h, a):
+    return h - 10.0
+""",
+        r"Error: mapping 'negative_user' \(sharpness 1\): negative raw weight",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: the warm-up, samples and grades are built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("fault", list(USER_ERRORS))
+def test_a_users_situation_is_one_line_exit_2(fault, cache, tmp_path):
+    overrides, code, expected = USER_ERRORS[fault]
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    fill = {"file": tmp_path / "afile", "empty": tmp_path / "empty"}
+    overrides = [o.format(**fill) for o in overrides]
+    extra = []
+    if code is not None:
+        (tmp_path / "inject_fault.py").write_text(code)
+        extra = ["imports=[inject_fault]"]
+    if not any(o.startswith("hydra.run.dir") for o in overrides):
+        extra.append(f"hydra.run.dir={tmp_path / 'out'}")
+    real_model = "model=llama-3.2-1b" in overrides  # (SMALL shrinks the tiny model)
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *[o for o in SMALL if not (real_model and o.startswith("model.tiny"))],
+        "evaluation.base=false",
+        f"paths.cache_dir={cache}",
+        *extra,
+        *overrides,
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**_env(), "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    import re
+
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search(expected, last), last
+    assert not list(cache.glob("*/.tmp-*")), "a partial artifact was left behind"
+
+
+def _processes_of(tag: str) -> list[str]:
+    """The processes still alive that carry ``tag`` in their environment: the run's driver and
+    everything it started, in whatever session or process group (workers lead their own)."""
+    needle = f"EAST_TEST_TAG={tag}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if needle not in (d / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if state != "Z":  # a zombie has ended; its parent has not reaped it yet
+            out.append(f"{d.name} {command[:120]}")
+    return out
+
+
+def _start(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        *SMALL,
+        "model.trainer_overrides.sft.num_train_epochs=200",  # long enough to stop it in training
+        "objective.trainer.save_steps=20",
+        "evaluation.base=false",
+        f"paths.cache_dir={cache}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**_env(), "EAST_TEST_TAG": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_training(proc: subprocess.Popen, cache: Path, ranks: int, tag: str) -> None:
+    """Until the train stage has a checkpoint and ``ranks`` training processes run."""
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list((cache / "train").glob(".work-*/checkpoint-*/manifest.json")):
+            workers = [p for p in _processes_of(tag) if "east.stages.train" in p]
+            if len(workers) >= ranks:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"training never started: {proc.poll()}")
+
+
+def test_sigterm_is_one_line_stops_every_worker_and_a_rerun_continues(cache, tmp_path):
+    """SIGTERM (a scheduler's preemption) to the driver exited 143 with no message and left
+    its isolated workers running; a rerun could overlap them in the same work folder."""
+    proc = _start(tmp_path, cache, "isolate_stages=true")
+    _wait_for_training(proc, cache, ranks=1, tag=str(tmp_path))
+    proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "terminated in stage train; rerun the same command to continue"
+    assert "Traceback" not in err
+    time.sleep(1)
+    assert _processes_of(str(tmp_path)) == []
+    again = _start(tmp_path, cache, "isolate_stages=true")
+    out, err = again.communicate(timeout=900)
+    assert again.returncode == 0, err[-3000:]
+    assert "resuming training from" in err
+
+
+def test_a_driver_killed_with_sigkill_leaves_no_training_process(cache, tmp_path):
+    """SIGKILL of the driver (no handler can run) while two accelerate ranks train: the
+    launcher dies with it (parent-death signal), and the ranks with the launcher."""
+    proc = _start(tmp_path, cache, "distributed=cpu2")
+    _wait_for_training(proc, cache, ranks=2, tag=str(tmp_path))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.time() + 60
+    while _processes_of(str(tmp_path)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_of(str(tmp_path)) == []
