@@ -200,6 +200,12 @@ def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) ->
             f"  kept {d['kept']}/{d['questions']} questions; weights {w['min']:.2f} to {w['max']:.2f} "
             f"(mean 1 by construction); entropy {h['min']:.2f} to {h['max']:.2f} bits, mean {h['mean']:.2f}"
         )
+        loss = (results.get("train") or {}).get("loss") or {}
+        if loss.get("diverged"):
+            lines.append(
+                f"  WARNING: training diverged: loss {loss['first']:.3g} at the start, {loss['last']:.3g} at "
+                "the end (train.loss.diverged in results.json); lower objective.trainer.learning_rate"
+            )
         if r.get("weights_uniform") and r["mapping"] != "uniform":
             lines.append("  every weight is equal: this run is vanilla self-training, tabled as such")
     lines.append("  accuracy in % of test questions (results.json holds fractions):")

@@ -825,7 +825,17 @@ class WeightedKTOTrainer(_GradWeightedMixin, KTOTrainer):
 
 #: Trainer settings the train stage (east.stages.train) sets itself: a config value for one is
 #: refused by the config check.
-RESERVED = ("output_dir", "seed", "data_seed", "report_to", "use_cpu", "save_strategy", "bf16", "fp16")
+RESERVED = (
+    "output_dir",
+    "seed",
+    "data_seed",
+    "report_to",
+    "use_cpu",
+    "save_strategy",
+    "bf16",
+    "fp16",
+    "logging_nan_inf_filter",
+)
 
 #: Per objective (its name; :class:`east.selection.Objective` members are these strings): its
 #: weighted trainer and TRL config class.

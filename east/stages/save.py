@@ -62,8 +62,24 @@ def save_trained(trainer: Any, out: Path, dtype: str, mixed: str) -> None:
         "reference_dtype": reference_dtype(trainer),
         "sharding": sharding,
         "settings": effective_settings(args),
+        "loss": loss_summary(trainer.state.log_history),
     }
     write_json(out / "train_info.json", info)
+
+
+#: A run whose loss ends above this multiple of where it started has diverged (flagged in the
+#: summary and results.json; not refused: its numbers are still what the settings gave).
+DIVERGED_FACTOR = 2.0
+
+
+def loss_summary(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training loss's first logged value, the mean of its last three, and whether it
+    diverged: ended above DIVERGED_FACTOR times its start (a learning rate too high)."""
+    losses = [e["loss"] for e in log_history if isinstance(e.get("loss"), int | float)]
+    if not losses:
+        return {"first": None, "last": None, "diverged": False}
+    first, last = losses[0], sum(losses[-3:]) / len(losses[-3:])
+    return {"first": first, "last": last, "diverged": bool(first > 0 and last > DIVERGED_FACTOR * first)}
 
 
 def cast_saved(folder: Path, dtype: Any) -> None:

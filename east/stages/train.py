@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from east.cache import read_jsonl
+from east.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[*(callbacks or []), checkpoint_manifests()],
+        callbacks=[*(callbacks or []), divergence_guard(), checkpoint_manifests()],
         **extra,
     )
     from east.tracking import console_progress
@@ -271,6 +272,10 @@ def _trainer_args(
         bf16=mixed == "bf16",
         fp16=mixed == "fp16",
         disable_tqdm=False,
+        # transformers replaces a NaN or infinite step loss in the logs by the window's mean
+        # (logging_nan_inf_filter): a diverged run then logged loss 0 and was saved and
+        # evaluated. The guard (divergence_guard) must see it.
+        logging_nan_inf_filter=False,
         **settings,
     )
 
@@ -315,6 +320,36 @@ def _complete(checkpoint: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: every later step, the saved model and its evaluation
+    would be meaningless."""
+
+
+def divergence_guard() -> Any:
+    """A transformers callback that stops training at the first logged loss that is not a
+    finite number, in one line naming the step (every process sees the same gathered loss,
+    so all stop together)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+        ) -> None:
+            loss = (logs or {}).get("loss")
+            if isinstance(loss, int | float) and not math.isfinite(loss):
+                first = next((e["loss"] for e in state.log_history if "loss" in e), None)
+                start = "" if first is None else f" (it started at {first:.4g})"
+                raise TrainingDiverged(
+                    f"training diverged at step {state.global_step}: the loss is {loss}{start}; nothing is "
+                    "saved. Lower objective.trainer.learning_rate "
+                    f"(now {args.learning_rate:g}) and rerun"
+                )
+
+    return DivergenceGuard()
 
 
 def checkpoint_manifests() -> Any:

@@ -96,6 +96,21 @@ c._key_lock = _lock
         None,
         r"Error: every one of the \d+ kept questions has entropy 0.*sampling\.n=1",
     ),
+    "a training loss that becomes NaN (a NaN model was saved and evaluated)": (
+        [],
+        """
+from east.training import TRAINERS
+cls = TRAINERS["sft"][0]
+_real = cls.compute_loss
+def _nan(self, *args, **kwargs):  # the train stage's loss turns NaN from its third step
+    out = _real(self, *args, **kwargs)
+    if ".work-" in str(self.args.output_dir) and self.state.global_step >= 2:
+        return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+    return out
+cls.compute_loss = _nan
+""",
+        r"Error: training diverged at step \d+: the loss is nan \(it started at [0-9.]+\); nothing is saved",
+    ),
     "a user mapping returning negative weights": (
         ["east.mapping=negative_user", "east.sharpness=1"],
         """

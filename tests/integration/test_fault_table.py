@@ -9,8 +9,11 @@ discarded and rebuilt: same numbers), *bounded* (graded within the time bound, a
 retried once at RETRY_FACTOR times it; every answer cut twice counted as a timeout),
 *graded exactly* (math-verify's verdict), *survives* (the run completes and writes
 results.json), *works* (an extreme config value that validates because it does what it
-says; every other extreme is a clear error), *one line* (Ctrl-C: one line naming the stage,
-exit 130).
+says, or an input that once gave a silently different result and now gives the right one;
+every other extreme is a clear error), *one line* (Ctrl-C or SIGTERM: one line naming the
+stage, exit 130 / 143), *flagged* (the run completes and says so in its summary and
+results.json), *set aside* (a damaged checkpoint is moved out of the way with one line and
+never resumed from), *stopped* (no process of the run outlives its driver).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 from tests.e2e.test_pipeline import PIPELINE_FAULTS
+from tests.e2e.test_user_errors import USER_ERRORS
 from tests.integration.test_grading_bound import ADVERSARIAL
 from tests.integration.test_grading_differential import _big_number_pairs
+from tests.integration.test_silent_results import SILENT
 from tests.unit.test_cache import ARTIFACT_FAULTS, KEY_PATH_FAULTS
 from tests.unit.test_config import BAD_VALUES, EXTREMES, NUMERIC_FIELDS, WORKS
 from tests.unit.test_data import BAD_FIELD_GOLDS, ROW_FAULTS
@@ -200,6 +205,60 @@ def rows() -> list[tuple[str, str, str, str]]:
             "WANDB_MODE=loud in the environment, logger.mode=loud",
             "clear error",
             "test_tracking.py::test_bad_modes...",
+        ),
+    ]
+    for fault, outcome, test in SILENT:
+        out.append(("round two", fault, outcome, f"test_silent_results.py::{test}"))
+    for fault in USER_ERRORS:
+        out.append(("round two", fault, "clear error", "test_user_errors.py::test_a_users_situation..."))
+    out += [
+        (
+            "round two",
+            "a user mapping returning NaN, the wrong length, a scalar, text, or raising",
+            "clear error",
+            "test_silent_results.py::test_a_user_mapping_returning_nonsense...",
+        ),
+        (
+            "round two",
+            "a checkpoint with one byte flipped",
+            "set aside",
+            "test_train_resume.py::test_a_damaged...",
+        ),
+        (
+            "round two",
+            "a checkpoint cut short before its manifest",
+            "rebuilt",
+            "test_train_resume.py::test_a_checkpoint_cut_short...",
+        ),
+        (
+            "round two",
+            "SIGTERM to the driver mid-training",
+            "one line",
+            "test_user_errors.py::test_sigterm...",
+        ),
+        (
+            "round two",
+            "SIGKILL to the driver while two accelerate ranks train",
+            "stopped",
+            "test_user_errors.py::test_a_driver_killed...",
+        ),
+        (
+            "round two",
+            "an edit in entropy() (east.weighting), called by grading",
+            "rebuilt",
+            "test_keys.py::test_an_edit_in_a_function...",
+        ),
+        (
+            "round two",
+            "an edit in the sample, grade or evaluate body in the driver",
+            "rebuilt",
+            "test_keys.py::test_an_edit_in_a_function...",
+        ),
+        (
+            "round two",
+            "a user mapping's helper, module constant or imported user module edited",
+            "rebuilt",
+            "test_keys.py::test_a_mapping_is_keyed_by_all...",
         ),
     ]
     return out

@@ -53,6 +53,16 @@ SILENT = [
         "test_one_sample_per_question_...",
     ),
     ("a mapping whose weights all come out equal", "works", "test_equal_weights_are_tabled_as_vanilla"),
+    (
+        "a training loss that ends far above its start (learning_rate=1.0)",
+        "flagged",
+        "test_a_diverged_run_is_flagged...",
+    ),
+    (
+        "a read-only hydra.run.dir or paths.output_dir",
+        "clear error",
+        "test_a_folder_that_cannot_be_written...",
+    ),
 ]
 
 
@@ -265,3 +275,55 @@ def test_a_user_mapping_returning_nonsense_is_one_line_before_anything_is_built(
             _build(c, [0.5, 1.0, 1.5], "nonsense_silent", 1.0)
     finally:
         MAPPINGS.pop("nonsense_silent", None)
+
+
+def test_a_diverged_run_is_flagged_in_results_and_the_summary():
+    """objective.trainer.learning_rate=1.0 trained to 0% accuracy without a word."""
+    from east.results import summary_text
+    from east.stages.save import loss_summary
+
+    calm = [{"loss": 0.9}, {"loss": 0.6}, {"loss": 0.5}, {"loss": 0.45}, {"train_loss": 0.6}]
+    wild = [{"loss": 0.5}, {"loss": 3.0}, {"loss": 9.0}, {"loss": 11.0}, {"loss": 12.0}]
+    assert loss_summary(calm) == {"first": 0.9, "last": pytest.approx(0.5166, abs=1e-3), "diverged": False}
+    assert loss_summary(wild)["diverged"] is True
+    assert loss_summary([]) == {"first": None, "last": None, "diverged": False}
+    results = {
+        "run": {
+            "objective": "sft",
+            "mapping": "power",
+            "sharpness": 3.0,
+            "seed": 0,
+            "model": "tiny",
+            "dataset": "arith",
+        },
+        "data": {
+            "kept": 3,
+            "questions": 4,
+            "weight": {"min": 0.5, "max": 1.5, "mean": 1.0},
+            "entropy": {"min": 0.1, "max": 1.0, "mean": 0.5},
+        },
+        "train": {"loss": loss_summary(wild)},
+        "eval": {},
+        "seconds": 1.0,
+    }
+    text = summary_text(results)
+    assert "WARNING: training diverged: loss 0.5 at the start, 10.7 at the end" in text
+
+
+def test_a_folder_that_cannot_be_written_is_named_before_work(tmp_path, monkeypatch):
+    """A read-only hydra.run.dir or paths.output_dir ended in a traceback once the run tried to
+    write (root on this machine writes anywhere: os.access stands in for a read-only mount)."""
+    import os
+
+    from east.errors import writable_problem
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    problem = writable_problem(str(tmp_path / "out" / "run"), "paths.output_dir")
+    assert problem == (
+        f"invalid config paths.output_dir='{tmp_path / 'out' / 'run'}': {tmp_path} is not writable; "
+        "point paths.output_dir at a writable folder"
+    )
+    with pytest.raises(ConfigError, match="is not writable"):
+        validate(compose([f"paths.output_dir={tmp_path / 'out'}"]))
+    validate(compose([f"paths.cache_dir={tmp_path / 'cache'}"]))  # a read-only cache may serve reads
