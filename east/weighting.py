@@ -142,13 +142,17 @@ def _check_signal(signal: Sequence[float] | np.ndarray, mapping: str, kind: str)
         raise WeightingError(f"mapping {mapping!r}: the {kind} signal must be 1-D, got shape {s.shape}")
     if s.size == 0:
         raise WeightingError(f"mapping {mapping!r}: empty training set (no {kind} values)")
-    bad = np.flatnonzero(~np.isfinite(s))
-    if bad.size:
-        raise WeightingError(f"mapping {mapping!r}: non-finite {kind} at index {int(bad[0])}: {s[bad[0]]}")
-    bad = np.flatnonzero(s < 0)
-    if bad.size:
-        raise WeightingError(f"mapping {mapping!r}: negative {kind} at index {int(bad[0])}: {s[bad[0]]}")
+    _finite_non_negative(s, f"mapping {mapping!r}", kind)
     return s
+
+
+def _finite_non_negative(values: np.ndarray, what: str, kind: str) -> None:
+    """Raise naming the first value of ``values`` that is not finite, or negative."""
+    for bad, word in ((~np.isfinite(values), "non-finite"), (values < 0, "negative")):
+        found = np.flatnonzero(bad)
+        if found.size:
+            i = int(found[0])
+            raise WeightingError(f"{what}: {word} {kind} at index {i}: {values[i]:g}")
 
 
 def _check_raw(raw: object, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -167,12 +171,7 @@ def _check_raw(raw: object, shape: tuple[int, ...], what: str) -> np.ndarray:
 def normalize(raw: np.ndarray, *, what: str = "weights") -> np.ndarray:
     """Divide by the mean so the weights average exactly 1 over this set."""
     raw = np.asarray(raw, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(raw))
-    if bad.size:
-        raise WeightingError(f"{what}: non-finite raw weight {raw[bad[0]]} at index {int(bad[0])}")
-    bad = np.flatnonzero(raw < 0)
-    if bad.size:
-        raise WeightingError(f"{what}: negative raw weight {raw[bad[0]]:g} at index {int(bad[0])}")
+    _finite_non_negative(raw, what, "raw weight")
     mean = raw.mean()
     if mean <= 0:
         raise WeightingError(f"{what}: every raw weight is zero, so they cannot be normalised to mean 1")

@@ -255,8 +255,8 @@ def test_equal_weights_are_tabled_as_vanilla(caplog):
 @pytest.mark.parametrize(
     ("fn", "message"),
     [
-        (lambda h, a: h - 1.49, r"negative raw weight -0\.99 at index 0"),
-        (lambda h, a: h * np.nan, r"non-finite raw weight nan"),
+        (lambda h, a: h - 1.49, r"negative raw weight at index 0: -0\.99"),
+        (lambda h, a: h * np.nan, r"non-finite raw weight at index 0: nan"),
         (lambda h, a: h[:-1], r"returned shape \(2,\) for 3 questions"),
         (lambda h, a: 1.0, r"returned shape \(\) for 3 questions"),
         (lambda h, a: "x", r"returned str, not an array of numbers"),
