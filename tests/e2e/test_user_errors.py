@@ -199,8 +199,8 @@ def _start(tmp_path: Path, cache: Path, *overrides: str) -> subprocess.Popen:
         sys.executable,
         str(ROOT / "run.py"),
         *SMALL,
-        "model.trainer_overrides.sft.num_train_epochs=200",  # long enough to stop it in training
-        "objective.trainer.save_steps=20",
+        "model.trainer_overrides.sft.num_train_epochs=100",  # long enough to stop it in training
+        "objective.trainer.save_steps=10",
         "evaluation.base=false",
         f"paths.cache_dir={cache}",
         f"hydra.run.dir={tmp_path / 'out'}",
