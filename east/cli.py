@@ -124,7 +124,8 @@ def composition_message(error: BaseException, config_dir: Path) -> str:
     m = re.search(r"Could not override '([^']+)'", text)
     if m:
         key = m.group(1)
-        close = _close_key(key)
+        groups = [d.name for d in config_dir.iterdir() if d.is_dir()] if config_dir.is_dir() else []
+        close = _close_key(key, groups)
         hint = f" (did you mean {close}?)" if close else ""
         return f"unknown config key {key}{hint}"
     m = re.search(r"Error merging override (\S+?)=(.*)$", text.splitlines()[0] if text else "")
@@ -136,14 +137,22 @@ def composition_message(error: BaseException, config_dir: Path) -> str:
     return _first_line(error)
 
 
-def _close_key(key: str) -> str | None:
-    """The schema key closest to a misspelt dotted ``key``."""
+def _close_key(key: str, groups: list[str] = ()) -> str | None:
+    """The schema key closest to a misspelt dotted ``key``: a top-level one among the schema's
+    fields and the config groups (``mapings`` -> ``mapping``), a trainer setting among the
+    TRL configs' fields (``objective.trainer.learnin_rate`` -> ``...learning_rate``)."""
     import dataclasses
 
     from east.config import Config, _dataclass_of
 
-    schema, prefix = Config, []
     parts = key.split(".")
+    if len(parts) == 3 and parts[:2] == ["objective", "trainer"]:
+        from east.training import TRAINERS
+
+        names = sorted({f.name for _, config in TRAINERS.values() for f in dataclasses.fields(config)})
+        close = difflib.get_close_matches(parts[-1], names, n=1)
+        return f"objective.trainer.{close[0]}" if close else None
+    schema, prefix = Config, []
     for part in parts[:-1]:
         fields = {f.name: f for f in dataclasses.fields(schema)}
         if part not in fields:
@@ -153,5 +162,7 @@ def _close_key(key: str) -> str | None:
             return None
         schema, prefix = sub, [*prefix, part]
     names = [f.name for f in dataclasses.fields(schema)]
+    if not prefix:
+        names += list(groups)
     close = difflib.get_close_matches(parts[-1], names, n=1)
     return ".".join([*prefix, close[0]]) if close else None

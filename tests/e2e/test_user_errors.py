@@ -258,3 +258,22 @@ def test_a_driver_killed_with_sigkill_leaves_no_training_process(cache, tmp_path
     while _processes_of(str(tmp_path)) and time.time() < deadline:
         time.sleep(0.5)
     assert _processes_of(str(tmp_path)) == []
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """SIGINT in run.py's first second (its imports) printed a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "debug=fast", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(0.3)  # inside the imports of hydra and east.config
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted")

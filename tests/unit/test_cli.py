@@ -27,6 +27,18 @@ def test_a_misspelt_key_is_named_with_the_key_it_is_close_to():
     assert "\n" not in line
 
 
+@pytest.mark.parametrize(
+    ("override", "closest"),
+    [
+        ("objective.trainer.learnin_rate=1e-4", "objective.trainer.learning_rate"),  # a TRL setting
+        ("mapings=power", "mapping"),  # a config group, not a schema field (was: sampling)
+    ],
+)
+def test_a_misspelt_trainer_setting_or_group_is_named_with_the_closest(override, closest):
+    [line] = problems_of([override], False, CONF)
+    assert f"did you mean {closest}?" in line
+
+
 def test_an_unknown_option_lists_the_options_and_the_closest():
     [line] = problems_of(["objective=dpp"], False, CONF)
     assert "objective=dpp" in line and "did you mean objective=dpo?" in line
