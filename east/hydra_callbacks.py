@@ -26,7 +26,8 @@ class SweepReport(Callback):
             runs = collect_runs(sweep_dir)
             missing = missing_cells(sweep_dir)
             if runs or missing:
-                log.info("sweep report: %s", write_report(runs, sweep_dir, missing=missing)["markdown"])
+                paths = write_report(runs, sweep_dir, missing=missing)
+                log.info("sweep report: %s", ", ".join(str(p) for p in paths.values()))
         except Exception as e:
             log.warning("could not write the sweep report in %s: %s", sweep_dir, e)
         if missing:

@@ -366,7 +366,25 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
         "vanilla row; a vanilla row: the base model), on the same questions and seeds; 95% paired "
         "bootstrap interval over test questions, sign-flip permutation p-value, seeds×questions.\n"
     )
-    return "\n".join(lines) + "\n" + note
+    return "\n".join(lines) + "\n" + note + _unpaired_note(table, tests)
+
+
+def _unpaired_note(table: list[dict[str, Any]], tests: list[str]) -> str:
+    """What a row whose paired Δ is empty lacks: its reference row's run (the same objective
+    with mapping=uniform, or the base model's evaluation), with predictions, on the same seeds."""
+    lines = []
+    for rec in table:
+        ref = reference_row(rec["row"])
+        if ref is None or not any(rec[t]["mean"] is not None for t in tests):
+            continue
+        if all(not rec[t].get("paired") for t in tests):
+            need = (
+                "the base model's evaluation (evaluation.base=true)"
+                if ref == "default"
+                else f"a {ref.upper()} run with mapping=uniform on the same seeds"
+            )
+            lines.append(f"- {rec['model']} {rec['label']}: no paired Δ without {need} in the sweep")
+    return ("\nRows without a paired Δ:\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
@@ -379,14 +397,14 @@ def to_csv(table: list[dict[str, Any]], path: str | Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            ["model", "setting", "variant"]
+            ["model", "setting", "label", "variant"]
             + [f"{c}_{k}" for c in cols for k in fields]
             + [f"{c}_paired_{k}" for c in tests for k in paired]
         )
         for rec in table:
             values = ["" if rec[c][k] is None else rec[c][k] for c in cols for k in fields]
             pairs = [("" if not rec[c].get("paired") else rec[c]["paired"][k]) for c in tests for k in paired]
-            w.writerow([rec["model"], rec["row"], rec["variant"], *values, *pairs])
+            w.writerow([rec["model"], rec["row"], rec["label"], rec["variant"], *values, *pairs])
 
 
 def missing_section(missing: list[dict[str, str]]) -> str:

@@ -223,3 +223,19 @@ def test_collect_wandb_reads_the_results_each_run_stored(monkeypatch):
     runs = collect_wandb("east", entity="me")
     assert calls["path"] == "me/east"
     assert len(runs) == 1 and runs[0]["eval"] == stored["eval"]
+
+
+def test_an_empty_paired_column_says_which_run_it_needs_and_the_csv_labels_rows(tmp_path):
+    """The paired-Δ column was all "–" with no word of the mapping=uniform run it needs, and
+    table.csv gave a baseline's rows the setting sft_east only."""
+    import csv
+
+    from east.report import to_csv
+
+    runs = [_run("sft", m, 1, 0, 0.55) for m in ("power", "rejected")]
+    table = build_table(runs)
+    md = to_markdown(table)
+    assert "- llama-3.2-1b +EAST (power a=1): no paired Δ without a SFT run with mapping=uniform" in md
+    to_csv(table, tmp_path / "t.csv")
+    labels = {r["label"] for r in csv.DictReader((tmp_path / "t.csv").open())}
+    assert "+baseline (rejected a=1)" in labels and "+EAST (power a=1)" in labels
