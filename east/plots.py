@@ -63,28 +63,46 @@ def shared_bins(*series: list[float], bins: int = 20) -> np.ndarray:
     return np.linspace(low, high, bins + 1)
 
 
-def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Trained accuracy vs sharpness per objective and test set (the paper's Figure 3), for
-    runs of the paper's mapping (power) and vanilla runs (at a = 0). Each point is the mean
-    over seeds and questions; the band is its 95% bootstrap interval over test questions
-    where the runs stored predictions (else error bars: the seeds' standard deviation). A
-    dashed line per test set marks the base model's accuracy (before self-training)."""
-    from east.stats import accuracy_interval
+def sharpness_series(
+    runs: list[dict[str, Any]],
+) -> dict[tuple[str, str, str], dict[float, list[dict[str, Any]]]]:
+    """(objective, mapping, test set) -> sharpness -> the trained runs there: one line per
+    mapping of the sweep (every mapping, baselines too), each starting from the vanilla runs
+    at a = 0 of its objective; vanilla runs alone make a ``uniform`` line."""
     from east.weighting import is_vanilla
 
-    points: dict[tuple[str, str], dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    vanilla: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    lines: dict[tuple[str, str, str], dict[float, list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for r in runs:
-        if r["run"]["objective"] == "none":
+        run = r["run"]
+        if run["objective"] == "none":
             continue
-        if is_vanilla(r["run"]["mapping"], r["run"]["sharpness"]):
-            a = 0.0
-        elif r["run"]["mapping"] == "power":
-            a = float(r["run"]["sharpness"])
-        else:
-            continue
-        for test in r["eval"]:
-            if r["eval"][test].get("trained") is not None:
-                points[(r["run"]["objective"], test)][a].append(r)
+        for test, e in r["eval"].items():
+            if e.get("trained") is None:
+                continue
+            if is_vanilla(run["mapping"], run["sharpness"]) or run.get("weights_uniform"):
+                vanilla[(run["objective"], test)].append(r)
+            else:
+                lines[(run["objective"], run["mapping"], test)][float(run["sharpness"])].append(r)
+    for (objective, test), at_zero in vanilla.items():
+        mine = [k for k in lines if (k[0], k[2]) == (objective, test)]
+        for key in mine or [(objective, "uniform", test)]:
+            lines[key][0.0] = at_zero
+    return dict(lines)
+
+
+def plot_accuracy_vs_sharpness(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Trained accuracy vs sharpness per objective, mapping and test set (the paper's Figure 3
+    for power; every other mapping of the sweep as its own labelled line), each from the
+    vanilla runs at a = 0. Each point is the mean over seeds and questions; the band is its
+    95% bootstrap interval over test questions where the runs stored predictions (else error
+    bars: the seeds' standard deviation). A dashed line per test set marks the base model's
+    accuracy (before self-training)."""
+    from east.stats import accuracy_interval
+
+    points = {(f"{o} {m}", t): by_a for (o, m, t), by_a in sharpness_series(runs).items()}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     bases: dict[str, list[float]] = defaultdict(list)
     for r in runs:

@@ -239,3 +239,18 @@ def test_an_empty_paired_column_says_which_run_it_needs_and_the_csv_labels_rows(
     to_csv(table, tmp_path / "t.csv")
     labels = {r["label"] for r in csv.DictReader((tmp_path / "t.csv").open())}
     assert "+baseline (rejected a=1)" in labels and "+EAST (power a=1)" in labels
+
+
+def test_the_sharpness_figure_draws_every_mapping_of_the_sweep(tmp_path):
+    """A mapping=power,accuracy sweep drew one unlabelled line: only power and vanilla runs
+    were kept, and half the sweep was missing."""
+    from east.plots import sharpness_series
+
+    runs = [_run("sft", "uniform", 0, 0, 0.50)]
+    runs += [_run("sft", m, a, 0, 0.5 + a / 100) for m in ("power", "accuracy") for a in (1, 2)]
+    series = sharpness_series(runs)
+    assert set(series) == {("sft", "power", "gsm8k"), ("sft", "accuracy", "gsm8k")}
+    for by_a in series.values():
+        assert sorted(by_a) == [0.0, 1.0, 2.0]  # each from the vanilla run at a = 0
+    assert set(sharpness_series(runs[:1])) == {("sft", "uniform", "gsm8k")}
+    assert plot_accuracy_vs_sharpness(runs, tmp_path / "f.png").exists()
