@@ -84,12 +84,17 @@ def test_a_preset_never_replaces_your_dataset(tmp_path, shared_data):
     c = _typed(["debug=fast", "dataset=jsonl", f"dataset.path={data}"])
     assert c.dataset.arith is None
     splits = load_splits(c.dataset)
-    assert [p.question for p in splits.train] == [f"my question {i}?" for i in range(24)]  # debug=fast: 24
-    assert [p.question for p in splits.tests["test"]] == [f"my test {i}?" for i in range(16)]
-    c = _typed(["debug=fast", "dataset=gsm8k", f"paths.data_dir={shared_data}"])
+    assert [p.question for p in splits.train] == [f"my question {i}?" for i in range(30)]
+    assert [p.question for p in splits.tests["test"]] == [f"my test {i}?" for i in range(20)]
+    c = _typed(["debug=fast", "dataset=jsonl", f"dataset.path={data}", "dataset.max_train=5"])
+    assert len(load_splits(c.dataset).train) == 5
+    c = _typed(["debug=fast", "dataset=gsm8k", f"paths.data_dir={shared_data}", "dataset.max_test=16"])
     splits = load_splits(c.dataset)
-    assert "####" not in splits.train[0].question and len(splits.tests["gsm8k"]) == 16
+    assert len(splits.train) == 7473 and len(splits.tests["gsm8k"]) == 16
     assert splits.train[0].question.startswith("Natalia")  # GSM8K's first training question
+    # The preset's sizes still shape the embedded task, and an explicit size wins.
+    assert len(load_splits(_typed(["debug=fast"]).dataset).train) == 24
+    assert len(load_splits(_typed(["debug=fast", "dataset.arith.train_size=200"]).dataset).train) == 200
 
 
 def test_a_path_for_the_embedded_task_is_refused_naming_dataset_jsonl(tmp_path):
