@@ -48,14 +48,20 @@ def build_records(
     name, sharpness = canonical(c.east.mapping, c.east.sharpness)
     mapping = get_mapping(name)
     values = signal_values(kept, rows, mapping.signal)
-    if name != "uniform" and len(values) > 1 and np.ptp(values) == 0:
+    try:
+        weights = mapping(values, sharpness)
+    except WeightingError as e:
+        if name == "uniform" or len(values) < 2 or np.ptp(values) != 0:
+            raise
+        # Every kept question has the same signal (one response each: entropy 0), so the
+        # formula has nothing to tell apart and, here, no value either.
         raise WeightingError(
-            f"every one of the {len(values)} kept questions has {mapping.signal} {values[0]:g}, so "
-            f"mapping {name!r} cannot weight them apart (sampling.n={c.sampling.n}: "
-            f"{'one response per question has entropy 0' if c.sampling.n == 1 else 'more samples tell questions apart'}); "
-            "sample more responses (sampling.n) or run east.mapping=uniform"
-        )
-    weights = mapping(values, sharpness)
+            f"every one of the {len(values)} kept questions has {mapping.signal} {values[0]:g} "
+            f"(sampling.n={c.sampling.n}"
+            f"{': one response per question has entropy 0' if c.sampling.n == 1 else ''}), so mapping "
+            f"{name!r} at sharpness {sharpness:g} gives no weights ({e}); sample more responses "
+            "(sampling.n) or run east.mapping=uniform"
+        ) from None
     # Weights that came out all equal train exactly vanilla self-training: said here, and the
     # run is tabled as vanilla, not as EAST (results.json run.weights_uniform).
     uniform = name != "uniform" and bool(np.ptp(weights) == 0)

@@ -224,16 +224,19 @@ def _build(c, entropies, mapping="power", sharpness=3.0):
 
 def test_one_sample_per_question_under_an_east_mapping_is_one_line(tmp_path):
     """sampling.n=1 with the filters relaxed: every entropy 0, so power's weights were 0/0
-    (a 12-frame traceback) and exponential's trained uniform under an EAST label."""
+    (a 12-frame traceback): now one line. Exponential's are defined (all 1): trained as
+    vanilla, said so and tabled as such, not under an EAST label."""
     from east.weighting import WeightingError
 
     c = _typed(["sampling.n=1", "filters.drop_all_correct=false"])
-    for mapping, a in (("power", 3.0), ("exponential", 3.0), ("power", -1.0)):
+    for mapping, a in (("power", 3.0), ("power", -1.0)):
         with pytest.raises(
-            WeightingError, match=r"every one of the 3 kept questions has entropy 0.*sampling.n=1"
+            WeightingError, match=r"every one of the 3 kept questions has entropy 0 \(sampling.n=1"
         ):
             _build(c, [0.0, 0.0, 0.0], mapping, a)
     assert issubclass(WeightingError, UserError)
+    _, stats = _build(c, [0.0, 0.0, 0.0], "exponential", 3.0)  # defined: equal weights, said so
+    assert stats["weights_uniform"] is True
     records, stats = _build(c, [0.0, 0.0, 0.0], "uniform", 0.0)  # asked for vanilla: fine
     assert stats["weights_uniform"] and {r["weight"] for r in records} == {1.0}
 
