@@ -166,7 +166,7 @@ def _label_variants(runs: list[dict[str, Any]]) -> None:
     for alike in seen.values():
         if len(alike) > 1:
             for run in alike:
-                where = Path(run.get("_path") or "?").name
+                where = run["run"].get("experiment") or Path(run.get("_path") or "?").name
                 run["_variant"] = " ".join(filter(None, [run["_variant"], f"run {where}"]))
 
 

@@ -173,7 +173,7 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     import csv
 
     rows = list(csv.reader((tmp_path / "table.csv").open()))
-    assert rows[0][:4] == ["model", "setting", "variant", "arith_mean"]
+    assert rows[0][:5] == ["model", "setting", "label", "variant", "arith_mean"]
     assert all(len(r) == len(rows[0]) for r in rows)  # header and rows line up
 
 
