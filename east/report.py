@@ -213,7 +213,7 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
         for row in ROWS:
             variants = sorted({k[2] for k in cells if k[0] == model and k[1] == row}) or [""]
             for variant in variants:
-                label = LABELS[row] + (f" ({variant})" if len(variants) > 1 else "")
+                label = LABELS[row] + (f" ({variant})" if len(variants) > 1 and variant else "")
                 baseline = bool(variant) and "=" not in variant.split()[0] and is_baseline(variant.split()[0])
                 if baseline:
                     label = f"+baseline ({variant})"
