@@ -195,6 +195,7 @@ class VLLMSamplerConfig:
     # auto: off without CUDA (vLLM's CPU runner cannot rewind a seeded request's generator
     # after a partial prefill), vLLM's default (on) with it.
     chunked_prefill: Any = "auto"
+    enforce_eager: bool = False  # no graph capture / compilation: faster start, slower steps
     data_parallel_size: Any = "auto"  # engines, each on tensor_parallel_size devices
     chunk_prompts: int = 1024
 

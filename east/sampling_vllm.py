@@ -73,6 +73,7 @@ class VLLMSampler:
         batch_invariant: bool = False,
         chunk_requests: int = 4096,
         chunked_prefill: bool | str = "auto",
+        enforce_eager: bool = False,
     ):
         if dtype not in VLLM_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} for vLLM; allowed: {', '.join(VLLM_DTYPES)}")
@@ -89,11 +90,15 @@ class VLLMSampler:
             "logprobs_mode": "raw_logprobs",
             "max_logprobs": max(entropy_top_k, 1),
         }
+        if enforce_eager:  # no graph capture or compilation: a faster start, slower steps
+            self.kwargs["enforce_eager"] = True
         #: Token entropies come from the top-k log-probs, and batch-invariant kernels change
         #: the numbers: both shape the samples.
         self.cache_key: Any = {"name": "vllm", "entropy_top_k": entropy_top_k}
         if batch_invariant:
             self.cache_key["batch_invariant"] = True
+        if enforce_eager:  # other kernels: float results may differ from the compiled graph's
+            self.cache_key["enforce_eager"] = True
         self._engine: tuple[str, Any] | None = None
         self.tokens_generated = 0
         self.seconds = 0.0

@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on two cores: one thread per worker (and the processes it starts), not
+    # two each fighting for the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("unit", "integration", "e2e", "gpu", "engines")
 

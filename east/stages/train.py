@@ -382,6 +382,10 @@ def launch(
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
     if accelerate_config is not None:
         cmd += ["--config_file", str(resolve_accelerate_config(accelerate_config, spec_path.parent))]
+    if not _port_chosen(accelerate_config, launch_args):
+        # Port 0: accelerate takes a free one (accelerate/utils/launch.py, get_free_port), so two
+        # one-node launches at once (local cells, a test suite in parallel) never meet on 29500.
+        cmd += ["--main_process_port", "0"]
     cmd += [*launch_args, "-m", "east.stages.train", str(spec_path)]
     log.info("launching %d training processes: %s", num_processes, " ".join(cmd))
     from east.stages.launch import error_file, start_group, stop_group
@@ -398,6 +402,25 @@ def launch(
         raise worker_failure(
             "train", [spec_path], f"distributed training failed (exit {code}): {' '.join(cmd)}"
         )
+
+
+def _port_chosen(accelerate_config: Path | None, launch_args: list[str]) -> bool:
+    """Whether the user set the rendezvous port, or the launch spans machines (which must
+    agree on one): then accelerate's own choice stands."""
+    args = [str(a) for a in launch_args]
+    if any(a.startswith("--main_process_port") for a in args):
+        return True
+    for i, a in enumerate(args):
+        if a.startswith("--num_machines"):
+            value = a.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "1")
+            if int(value) > 1:
+                return True
+    if accelerate_config is None:
+        return False
+    import yaml
+
+    config = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    return config.get("main_process_port") is not None or int(config.get("num_machines") or 1) > 1
 
 
 def resolve_accelerate_config(path: Path, folder: Path) -> Path:

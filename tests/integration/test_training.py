@@ -251,6 +251,7 @@ def test_two_process_ddp_matches_one_process(tiny_dir, tmp_path):
             sys.executable,
             "-m",
             "accelerate.commands.launch",
+            *("--main_process_port", "0"),  # a free port: parallel tests never meet on 29500
             *launcher,
             "--num_machines",
             "1",

@@ -138,6 +138,7 @@ def test_two_gloo_processes_take_the_reference_step(objective, tiny_dir, tmp_pat
         sys.executable,
         "-m",
         "accelerate.commands.launch",
+        *("--main_process_port", "0"),  # a free port: parallel tests never meet on 29500
         "--multi_gpu",
         "--num_processes",
         "2",
