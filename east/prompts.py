@@ -18,7 +18,7 @@ from typing import Any
 PAPER_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 #: The Llama-3 prompt the paper's authors laid out by hand for sampling and evaluation
-#: (east-method.md, section 1.7): special tokens, no "Cutting Knowledge Date" / "Today Date"
+#: (docs/method.md §1.7): special tokens, no "Cutting Knowledge Date" / "Today Date"
 #: lines (Llama-3.2's own template stamps the current date into every prompt), a newline
 #: after the system turn's <|eot_id|>, and the assistant header as the generation prompt.
 #: Assistant turns end in <|eot_id|>, the end-of-turn token SFT learns to emit.

@@ -28,12 +28,13 @@ __all__ = [
     "collect_wandb",
     "paper_number",
     "resolve_sweep_dir",
+    "run_caption",
     "setting_of",
     "to_markdown",
     "write_report",
 ]
 
-#: east-method.md section 3, accuracy % (GSM8K / MATH): the one copy of the paper's numbers.
+#: docs/method.md §3, accuracy % (GSM8K / MATH): the one copy of the paper's numbers.
 PAPER: dict[str, dict[str, dict[str, float]]] = {
     "llama-3.2-1b": {
         "default": {"gsm8k": 46.2, "math": 28.5},
@@ -106,6 +107,17 @@ def weighting_of(run: dict[str, Any]) -> str:
     if not setting_of(run).endswith("_east"):
         return ""
     return f"{run['run']['mapping']} a={run['run']['sharpness']:g}"
+
+
+def run_caption(run: dict[str, Any]) -> str:
+    """One line naming a run for a figure's caption: experiment (if any), model, dataset,
+    objective, weighting, seed and its folder."""
+    r = run["run"]
+    what = "base model" if r["objective"] == "none" else r["objective"]
+    weighting = weighting_of(run) or ("" if r["objective"] == "none" else "vanilla")
+    parts = [r.get("experiment"), f"{r['model']} on {r['dataset']}", what, weighting, f"seed {r['seed']}"]
+    folder = run.get("_path")
+    return " · ".join(str(p) for p in parts if p) + (f" ({folder})" if folder else "")
 
 
 #: Overrides the table already shows (its row, model and column) or that do not change a

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's results table (east-method.md section 3): every conf/experiment/*.yaml cell
+# The paper's results table (docs/method.md §3): every conf/experiment/*.yaml cell
 # matching PATTERN, then the table. Per model, in two phases; the 1B and 8B chains run side
 # by side under a cluster launcher (hydra/launcher=...), one after the other locally (they
 # would share the node's GPUs):
