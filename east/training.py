@@ -369,6 +369,24 @@ class _WeightedMixin:
             self._east_in_train = False
             self._east_window = None
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A resume loads the checkpoint with ``strict=False``; a tied output layer
+        (``lm_head.weight`` = the input embedding, which safetensors stores once) is then
+        "missing", and HF Trainer warns unless the key is in ``_keys_to_ignore_on_save``
+        (transformers/trainer.py), which transformers 5 leaves empty for ties. A key whose
+        parameter is the very tensor of its tie's source was loaded: it is not reported."""
+        model = getattr(self.accelerator, "unwrap_model", lambda m: m)(self.model)
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+
+        def loaded_through_tie(key: str) -> bool:
+            try:
+                return key in tied and model.get_parameter(key) is model.get_parameter(tied[key])
+            except AttributeError:
+                return False
+
+        missing = [k for k in load_result.missing_keys if not loaded_through_tie(k)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def _east_check_iterable(self) -> None:
         """An iterable train dataset cannot be validated up front like a map-style one: read
         the weights of the rows the run will train on (the first max_steps x global batch of

@@ -135,6 +135,7 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "model.trainer_overrides.sft.per_device_train_batch_size": (4, ("train",)),
     "model.trainer_overrides.sft.gradient_checkpointing": (True, ("train",)),
     "model.trainer_overrides.sft.lr_scheduler_type": ("linear", ("train",)),
+    "model.trainer_overrides.sft.save_steps": (7, ()),  # how often checkpoints go: no number moves
     # The embedded task is generated: file and hub fields are not read (test_jsonl_fields).
     **{
         f"dataset.{k}": (v, ())

@@ -422,3 +422,31 @@ def test_vllm_with_a_tiny_model_vllm_cannot_run_is_one_line(tmp_path):
         validate(_compose(["sampler=vllm", "debug=fast", f"paths.cache_dir={tmp_path}"]), devices=False)
     )
     _check_vllm_head_dim(validate(_compose([f"paths.cache_dir={tmp_path}"]), devices=False))  # the HF sampler
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+def test_the_default_checkpoints_often_enough_to_resume(objective):
+    # The default trains about 240 optimiser steps (SFT; DPO and KTO fewer): a checkpoint
+    # every 200 left an interrupted run nothing to resume from. At least 4 in 240 now, and
+    # the command line still wins.
+    cfg = validate(_compose([f"objective={objective}"]))
+    assert 0 < trainer_settings(cfg)["save_steps"] <= 240 // 4
+    line = ["objective.trainer.save_steps=7"]
+    cfg = validate(_compose([f"objective={objective}", *line]), command_line=line)
+    assert trainer_settings(cfg)["save_steps"] == 7
+
+
+def test_a_one_node_launch_takes_a_free_port_unless_the_user_chose_one(tmp_path):
+    from east.stages.train import _port_chosen
+
+    assert not _port_chosen(None, [])  # the driver then passes --main_process_port 0
+    assert not _port_chosen(None, ["--multi_gpu", "--num_machines", "1"])
+    for name in ("zero3_cpu", "fsdp_cpu", "zero3", "fsdp", "ddp"):
+        assert not _port_chosen(CONF / "accelerate" / f"{name}.yaml", [])
+    assert _port_chosen(None, ["--main_process_port", "29611"])
+    assert _port_chosen(None, ["--num_machines=2"])
+    config = tmp_path / "acc.yaml"
+    config.write_text("main_process_port: 29611\nnum_machines: 1\n")
+    assert _port_chosen(config, [])
+    config.write_text("num_machines: 2\nmain_process_ip: 10.0.0.1\n")
+    assert _port_chosen(config, [])
