@@ -78,7 +78,8 @@ def problems_of(
             except UserError as e:
                 problems.append(f"{label}{e}")
             except Exception as e:  # Hydra's composition errors
-                problems.append(f"{label}{composition_message(e, config_dir)}")
+                null = _null_parent(config_name, list(job)) if "Unexpected type for root" in str(e) else None
+                problems.append(f"{label}{null or composition_message(e, config_dir)}")
     GlobalHydra.instance().clear()
     return problems
 
@@ -101,6 +102,28 @@ def _run_dir_problem(config_name: str, overrides: list[str], multirun: bool) -> 
     return writable_problem(str(folder), key) if folder else None
 
 
+def _null_parent(config_name: str, overrides: list[str]) -> str | None:
+    """The override that sets a key below a node that is null in this config (OmegaConf
+    fails there with "Unexpected type for root: NoneType"), named in the user's terms."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    groups = [o for o in overrides if "." not in o.split("=", 1)[0] and not o.startswith("hydra")]
+    try:
+        cfg = compose(config_name, overrides=groups)
+    except Exception:
+        return None
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            parent = ".".join(parts[:i])
+            if OmegaConf.select(cfg, parent, default="missing") is None:
+                chosen = ", ".join(groups) or "the defaults"
+                return f"cannot set {key}: {parent} is null with {chosen} (it applies to other choices only)"
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     for line in str(error).splitlines():
         if line.strip():
@@ -112,6 +135,11 @@ def composition_message(error: BaseException, config_dir: Path) -> str:
     """Hydra's composition error in one line, with "did you mean" where it can tell."""
     text, cause = str(error), error.__cause__
     cause_text = str(cause) if cause is not None else ""
+    m = re.match(r"(In '[^']+'): (\w+) raised while composing config:\s*\n\s*(.+)", text)
+    if m:  # a config file whose values its schema refuses: Hydra puts the reason on line 2
+        where, _, reason = m.groups()
+        key = re.search(r"full_key: (\S+)", text)
+        return f"{where}: {key.group(1) + ': ' if key else ''}{reason.strip()}"
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
         group, option = m.groups()

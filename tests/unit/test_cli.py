@@ -135,3 +135,22 @@ def test_the_resolved_config_prints(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "output_dir: null" in out.stdout and "${" not in out.stdout
+
+
+def test_a_config_file_its_schema_refuses_is_named_with_the_whole_reason(tmp_path):
+    # A user's objective file on the search path whose name the schema does not know: Hydra
+    # puts the reason on the line after "ValidationError raised while composing config:".
+    (tmp_path / "objective").mkdir()
+    text = (CONF / "objective" / "dpo.yaml").read_text().replace("name: dpo", "name: orpo")
+    (tmp_path / "objective" / "orpo.yaml").write_text(text)
+    [line] = problems_of([f"hydra.searchpath=[file://{tmp_path}]", "objective=orpo"], False, CONF)
+    assert line.startswith("In 'objective/orpo': objective.name: Invalid value 'orpo'"), line
+    assert "sft, dpo, kto" in line
+
+
+def test_a_key_below_a_null_node_names_the_key_and_the_choice_that_nulls_it():
+    # OmegaConf's own words were "Unexpected type for root: NoneType".
+    [line] = problems_of(["dataset=jsonl", "dataset.path=/tmp", "dataset.arith.steps=1"], False, CONF)
+    assert line == (
+        "cannot set dataset.arith.steps: dataset.arith is null with dataset=jsonl (it applies to other choices only)"
+    ), line
