@@ -92,6 +92,53 @@ def filter_questions(
     return kept, dropped
 
 
+#: The switch that turns each rule off; all-incorrect questions are the method's and have none.
+FILTER_SWITCHES = {
+    "all_correct": "filters.drop_all_correct=false",
+    "no_boxed_correct": "filters.require_boxed_correct=false",
+    "no_boxed_incorrect": "filters.require_boxed_incorrect=false",
+}
+
+#: What the embedded tiny model can answer: the arith task's phrasing (east/data/arith.py).
+TINY_FORMAT = (
+    '{"question": "Cal has 8 cups. Cal gets 2 more. Cal finds 9 more. How many cups does Cal have now?", '
+    '"answer": "8+2=10. 10+9=19.\\n#### 19"}'
+)
+
+
+def nothing_survived(dropped: dict[str, int], n: int, tiny_model: bool, embedded_task: bool = False) -> str:
+    """Why no training question survived the filters, in the user's terms: how many each
+    rule dropped, and only switches that exist for the rules that dropped them.
+    ``tiny_model``: the embedded tiny model; ``embedded_task``: on the arith task itself."""
+    counts = ", ".join(f"{rule} {count}" for rule, count in dropped.items() if count)
+    total = sum(dropped.values())
+    lines = [f"no training question survived the filters ({total} dropped: {counts})"]
+    if dropped.get("all_incorrect") == total:
+        lines.append(
+            f"the model answered none of the {total} questions correctly in {n} tries; EAST learns only "
+            "from questions it sometimes gets right, so this rule has no switch"
+        )
+        if tiny_model and embedded_task:
+            lines.append(
+                "warm the tiny model up longer (model.tiny.warmup_steps) or sample more (sampling.n)"
+            )
+        elif tiny_model:
+            lines.append(
+                "the default tiny model is warmed up on the embedded arithmetic task and answers only "
+                f"questions phrased like it (a row of that task: {TINY_FORMAT}); for your own data use "
+                "a real model (model=llama-3.2-1b model.path=...; README: Your own data)"
+            )
+        else:
+            lines.append("sample more responses (sampling.n) or use a stronger model")
+    else:
+        switches = [FILTER_SWITCHES[rule] for rule in FILTER_SWITCHES if dropped.get(rule)]
+        lines.append(
+            "sample more responses (sampling.n)"
+            + (f", or turn off the rules that dropped them: {' '.join(switches)}" if switches else "")
+        )
+    return "; ".join(lines)
+
+
 def derive_seed(*parts: Any) -> int:
     """A 64-bit seed that is a pure function of its parts (stable across processes/runs)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()

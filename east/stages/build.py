@@ -25,7 +25,7 @@ def build_records(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The objective's weighted training records from graded samples, and their statistics."""
     from east.grading import QuestionGrade
-    from east.selection import GradedQuestion, filter_questions
+    from east.selection import GradedQuestion, filter_questions, nothing_survived
     from east.selection import build_records as build_objective_records
     from east.weighting import get_mapping
 
@@ -41,10 +41,8 @@ def build_records(
     ]
     kept, dropped = filter_questions(questions, c.filters)
     if not kept:
-        raise NothingToTrain(
-            f"no training question survived the filters (dropped per rule: {dropped}); "
-            "sample more responses (sampling.n) or relax the filters"
-        )
+        tiny = c.model.tiny is not None
+        raise NothingToTrain(nothing_survived(dropped, c.sampling.n, tiny, c.dataset.name == "arith"))
     name, sharpness = canonical(c.east.mapping, c.east.sharpness)
     mapping = get_mapping(name)
     values = signal_values(kept, rows, mapping.signal)

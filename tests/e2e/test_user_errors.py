@@ -9,6 +9,7 @@ loaded, by a module that makes the named library call fail as the kernel would.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,6 +112,12 @@ cls.compute_loss = _nan
 """,
         r"Error: training diverged at step \d+: the loss is nan \(it started at [0-9.]+\); nothing is saved",
     ),
+    "own natural-language data on the default tiny model (it answers none of it)": (
+        ["dataset=jsonl", "dataset.path={words}"],
+        None,
+        r"Error: no training question survived the filters \(\d+ dropped: all_incorrect \d+\); the model "
+        r"answered none .* no switch; the default tiny model .*Cal has 8 cups.* real model",
+    ),
     "a user mapping returning negative weights": (
         ["east.mapping=negative_user", "east.sharpness=1"],
         """
@@ -139,7 +146,18 @@ def test_a_users_situation_is_one_line_exit_2(fault, cache, tmp_path):
     overrides, code, expected = USER_ERRORS[fault]
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "empty").mkdir()
-    fill = {"file": tmp_path / "afile", "empty": tmp_path / "empty"}
+    words = tmp_path / "words"  # natural-language problems whose answers are out of its reach
+    words.mkdir()
+    for split, ks in (("train", range(3, 11)), ("test", range(11, 15))):
+        rows = [
+            {
+                "question": f"A train covers {k} hundred miles, then {k} hundred more. How far?",
+                "answer": f"{k}00.5",
+            }
+            for k in ks
+        ]
+        (words / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fill = {"file": tmp_path / "afile", "empty": tmp_path / "empty", "words": words}
     overrides = [o.format(**fill) for o in overrides]
     extra = []
     if code is not None:
@@ -151,7 +169,12 @@ def test_a_users_situation_is_one_line_exit_2(fault, cache, tmp_path):
     cmd = [
         sys.executable,
         str(ROOT / "run.py"),
-        *[o for o in SMALL if not (real_model and o.startswith("model.tiny"))],
+        *[
+            o
+            for o in SMALL
+            if not (real_model and o.startswith("model.tiny"))
+            and not ("dataset=jsonl" in overrides and o.startswith("dataset.arith"))
+        ],
         "evaluation.base=false",
         f"paths.cache_dir={cache}",
         *extra,

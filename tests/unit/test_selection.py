@@ -99,3 +99,34 @@ def test_builders_reject_bad_input():
         build_records("ppo", [q], [1.0], seed=0)
     with pytest.raises(ValueError, match="2 responses but a grade for 6"):
         GradedQuestion("x", "p", ["a", "b"], q.grade)
+
+
+def test_nothing_survived_names_only_switches_that_exist():
+    import json
+
+    from east.data.arith import ArithConfig, generate
+    from east.selection import FILTER_SWITCHES, TINY_FORMAT, nothing_survived
+
+    # Every question all-incorrect: the method's rule, no switch; the tiny model's format shown.
+    line = nothing_survived({"all_incorrect": 42, "all_correct": 0}, 8, tiny_model=True)
+    assert "none of the 42 questions correctly in 8 tries" in line and "no switch" in line
+    assert TINY_FORMAT in line and "model.path" in line and "filters." not in line
+    assert "relax" not in line
+    line = nothing_survived({"all_incorrect": 42}, 8, tiny_model=False)
+    assert "sampling.n" in line and "tiny" not in line
+    line = nothing_survived({"all_incorrect": 42}, 8, tiny_model=True, embedded_task=True)
+    assert "model.tiny.warmup_steps" in line and TINY_FORMAT not in line
+    # Other rules: exactly the switches of the rules that dropped questions.
+    line = nothing_survived({"all_incorrect": 3, "all_correct": 5, "no_boxed_incorrect": 2}, 8, False)
+    assert FILTER_SWITCHES["all_correct"] in line and FILTER_SWITCHES["no_boxed_incorrect"] in line
+    assert FILTER_SWITCHES["no_boxed_correct"] not in line
+    # Each switch is a real config key.
+    from east.selection import FilterConfig
+
+    assert {s.split("=")[0].split(".")[1] for s in FILTER_SWITCHES.values()} <= set(
+        FilterConfig.__dataclass_fields__
+    )
+    # The row shown is a row of the embedded task: its phrasing, its solution format.
+    row = json.loads(TINY_FORMAT)
+    problems = generate(ArithConfig(train_size=3, test_size=3, warmup_size=3))["train"]
+    assert (row["question"], row["answer"]) == (problems[0].question, problems[0].solution)
