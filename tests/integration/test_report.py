@@ -159,11 +159,36 @@ def test_the_notebook_renders_the_table_of_a_real_sweep(small_sweep, tmp_path):
     )
     # A relative sweep folder, as from the repository root: the kernel runs in notebooks/.
     relative = os.path.relpath(small_sweep, ROOT)
-    out = _execute_notebook(tmp_path, EAST_SWEEP_DIR=relative, EAST_REPORT_OUT=str(tmp_path))
+    # The README's command, as written, on this sweep: nothing new in notebooks/.
+    [command] = [
+        line for line in (ROOT / "README.md").read_text().splitlines() if "nbconvert --to notebook" in line
+    ]
+    command = command.replace("multirun/testbed_table", relative).replace(
+        "jupyter nbconvert", f"{sys.executable} -m nbconvert"
+    )
+    before = sorted(p.name for p in (ROOT / "notebooks").iterdir())
+    out = subprocess.run(
+        ["bash", "-c", command],
+        cwd=ROOT,
+        env={**os.environ, "EAST_REPORT_OUT": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    executed = nbformat.read(tmp_path / "results_table.ipynb", as_version=4)
+    assert sorted(p.name for p in (ROOT / "notebooks").iterdir()) == before
+    executed = nbformat.read(small_sweep / "results_table.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
     assert f"8 runs from {small_sweep.resolve()}" in printed
+    # Each run's figures under a caption naming the run (its folder among it).
+    captions = [
+        o["data"]["text/markdown"]
+        for c in executed.cells
+        for o in c.get("outputs", [])
+        if "text/markdown" in o.get("data", {})
+    ]
+    runs_shown = [r for r in runs if str(r["_path"]) in "".join(captions)]
+    assert len(runs_shown) == 4 and all(" · seed " in c for c in captions if c.startswith("**"))
     table = (tmp_path / "table.md").read_text()
     for label in ("default", "SFT", "DPO"):
         assert f"| tiny | {label} |" in table
