@@ -61,9 +61,10 @@ def main() -> None:
             "questions": r["data"]["questions"],
             "base": round(100 * e["base"], 1),
             "trained": round(100 * e["trained"], 1),
-            "gain": round(100 * d["delta"], 1),
-            "low": round(100 * d["low"], 1),
-            "high": round(100 * d["high"], 1),
+            # results.json gives the paired difference in points already
+            "gain": round(d["delta"], 1),
+            "low": round(d["low"], 1),
+            "high": round(d["high"], 1),
             "p": d["p_value"],
         }
         rows.append(row)
