@@ -628,7 +628,7 @@ def _local_path_problem(value: str) -> str | None:
         if not (path / "config.json").is_file():
             return (
                 "a folder without config.json: give a folder of Hugging Face weights (config.json, "
-                "*.safetensors and the tokenizer files), e.g. from huggingface-cli download ORG/NAME --local-dir DIR"
+                "*.safetensors and the tokenizer files), e.g. from hf download ORG/NAME --local-dir DIR"
             )
         return None
     if path.exists():
