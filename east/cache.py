@@ -471,3 +471,25 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def join_by_id(
+    rows: list[dict[str, Any]], other: list[dict[str, Any]], left: StageResult, right: StageResult
+) -> list[dict[str, Any]]:
+    """``other``'s rows in the order of ``rows``, matched by question id. A missing, extra or
+    repeated id is an error naming both artifacts: rows are never paired by position."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for r in other:
+        if r["id"] in by_id:
+            raise RuntimeError(f"{right.name} artifact {right.path} repeats question id {r['id']!r}")
+        by_id[r["id"]] = r
+    ids = [r["id"] for r in rows]
+    missing = [i for i in ids if i not in by_id]
+    extra = sorted(set(by_id) - set(ids))
+    if missing or extra or len(set(ids)) != len(ids):
+        raise RuntimeError(
+            f"{left.name} ({left.path}) and {right.name} ({right.path}) disagree on question ids: "
+            f"{len(missing)} missing from {right.name} (e.g. {missing[:3]}), {len(extra)} extra "
+            f"(e.g. {extra[:3]}); delete both folders to rebuild them"
+        )
+    return [by_id[i] for i in ids]

@@ -136,9 +136,8 @@ def stage_path(cache_dir: str | Path, run: dict[str, Any], stage: str) -> Path:
 def graded_samples(cache_dir: str | Path, run: dict[str, Any]) -> list[tuple[Any, list[str], dict[str, Any]]]:
     """A finished run's sampled training questions with their grades, from the cache it ran
     with: (problem, responses, grade row) per question, joined by question id."""
-    from east.cache import StageResult, read_jsonl
+    from east.cache import StageResult, join_by_id, read_jsonl
     from east.data.problems import Problem
-    from east.stages.driver import join_by_id
 
     sample, grade = (
         StageResult(name, run["stages"][name]["key"], stage_path(cache_dir, run, name), True, 0.0)

@@ -116,7 +116,7 @@ class HFSampler:
 
     def required_device_memory(self, model_path: str) -> int | None:
         """What must be free on the device before loading: the checkpoint's weights."""
-        from east.stages.launch import checkpoint_bytes
+        from east.models import checkpoint_bytes
 
         return checkpoint_bytes(model_path)
 

@@ -24,6 +24,7 @@ import numpy as np
 from east.cache import (
     StageCache,
     StageResult,
+    join_by_id,
     parse_store_dir,
     read_json,
     read_jsonl,
@@ -576,28 +577,6 @@ def problems_digest(problems: list[Problem]) -> str:
 
 def round_label(stage: str, round_: int) -> str:
     return stage if round_ == 0 else f"{stage}_r{round_}"
-
-
-def join_by_id(
-    rows: list[dict[str, Any]], other: list[dict[str, Any]], left: StageResult, right: StageResult
-) -> list[dict[str, Any]]:
-    """``other``'s rows in the order of ``rows``, matched by question id. A missing, extra or
-    repeated id is an error naming both artifacts: rows are never paired by position."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in other:
-        if r["id"] in by_id:
-            raise RuntimeError(f"{right.name} artifact {right.path} repeats question id {r['id']!r}")
-        by_id[r["id"]] = r
-    ids = [r["id"] for r in rows]
-    missing = [i for i in ids if i not in by_id]
-    extra = sorted(set(by_id) - set(ids))
-    if missing or extra or len(set(ids)) != len(ids):
-        raise RuntimeError(
-            f"{left.name} ({left.path}) and {right.name} ({right.path}) disagree on question ids: "
-            f"{len(missing)} missing from {right.name} (e.g. {missing[:3]}), {len(extra)} extra "
-            f"(e.g. {extra[:3]}); delete both folders to rebuild them"
-        )
-    return [by_id[i] for i in ids]
 
 
 def grading_stats(grades: list[Any], timeout_s: float, stage: str) -> dict[str, Any]:

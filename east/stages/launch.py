@@ -297,31 +297,6 @@ def run_workers(module: str, specs: list[Path], devices: list[str | None], label
         )
 
 
-def checkpoint_bytes(model_path: str) -> int | None:
-    """Bytes of a checkpoint's weight files: a local folder, or a hub id already in the local
-    Hugging Face cache (its snapshot folder; nothing is downloaded). None when neither: a hub
-    id not yet downloaded is not measured."""
-    path = Path(model_path)
-    if not path.is_dir():
-        path = cached_snapshot(model_path)
-        if path is None:
-            return None
-    files = [f for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file()]
-    return sum(f.stat().st_size for f in files) or None
-
-
-def cached_snapshot(repo_id: str) -> Path | None:
-    """The local folder of a hub model's cached snapshot, or None (not cached, not a hub id)."""
-    if "/" not in repo_id or repo_id.startswith(("/", ".")):
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # not in the cache, or not a valid id: nothing to measure
-        return None
-
-
 def check_device_memory(required: int | None, what: str) -> None:
     """Fail in one line, before any weights load, when this process's CUDA device has less
     than ``required`` bytes free (another process holds the rest). No-op on CPU."""

@@ -185,7 +185,7 @@ def train_device_bytes(base_path: str, processes: int, sharded: bool) -> int | N
 def _parameters(base_path: str) -> float | None:
     """The parameter count of a local (or locally cached) checkpoint, from its weight files'
     size; None for a hub id not downloaded."""
-    from east.stages.launch import checkpoint_bytes
+    from east.models import checkpoint_bytes
 
     stored = checkpoint_bytes(base_path)
     return None if stored is None else stored / _bytes_per_parameter(base_path)
@@ -193,7 +193,7 @@ def _parameters(base_path: str) -> float | None:
 
 def _bytes_per_parameter(base_path: str) -> int:
     """Bytes a stored parameter takes (config.json's dtype; 4 when it does not say)."""
-    from east.stages.launch import cached_snapshot
+    from east.models import cached_snapshot
 
     folder = Path(base_path) if Path(base_path).is_dir() else cached_snapshot(base_path)
     try:

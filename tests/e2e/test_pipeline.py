@@ -340,7 +340,7 @@ def test_a_damaged_artifact_is_rebuilt_never_read(first, cache, tmp_path, fault)
 
 def test_samples_and_grades_are_joined_by_id(first, cache):
     from east.cache import StageResult
-    from east.stages.driver import join_by_id as _join_by_id
+    from east.cache import join_by_id as _join_by_id
 
     rows = [{"id": "a"}, {"id": "b"}]
     left = StageResult("sample", "k1", cache / "sample" / "k1", True, 0.0)

@@ -289,7 +289,7 @@ def test_a_cached_hub_model_is_measured_for_the_memory_check(tmp_path, monkeypat
     """The memory check of a worker given a hub id (the HF sampler, the train worker) measures
     the weights in the local Hugging Face cache; an id not downloaded is not measured (None)
     and nothing is fetched."""
-    from east.stages.launch import checkpoint_bytes
+    from east.models import checkpoint_bytes
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -1,5 +1,6 @@
 """The package's shape: no import cycles between east's modules (counting imports inside
-functions), and the stage workers reach neither the Hydra-side pipeline nor Hydra."""
+functions), no import back up from the library into its stages, and the stage workers reach
+neither the Hydra-side pipeline nor Hydra."""
 
 from __future__ import annotations
 
@@ -54,6 +55,24 @@ def test_no_import_cycles():
     graph = _graph()
     cycles = [m for m in graph if m in _closure(graph, m)]
     assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+
+
+#: Modules above the stages: they run them (the Hydra-side pipeline).
+ABOVE_STAGES = {"east.pipeline"}
+
+
+def test_no_back_arrows_from_the_library_into_its_stages():
+    """east.stages runs the library's modules; a library module that imports from east.stages
+    (counting imports inside functions) points back up, and is a cycle waiting to happen."""
+    graph = _graph()
+    back = sorted(
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        if not (m == "east.stages" or m.startswith("east.stages.")) and m not in ABOVE_STAGES
+        for d in deps
+        if d == "east.stages" or d.startswith("east.stages.")
+    )
+    assert not back, f"library modules importing their stages: {back}"
 
 
 @pytest.mark.parametrize("worker", ["east.stages.train", "east.stages.generate", "east.stages.base_model"])
