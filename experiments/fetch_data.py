@@ -28,19 +28,28 @@ DATASETS = ("gsm8k", "math")
 
 
 def sources(name: str) -> list[dict[str, Any]]:
-    """The splits ``conf/dataset/<name>.yaml`` reads: its training split and every test set,
-    each with the hub id, config and split it comes from and the local file name it gets."""
-    conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "dataset" / f"{name}.yaml"), resolve=False)
-    train = conf["train_split"]
-    out = [{"file": train, "hub_id": conf["hub_id"], "hub_config": conf["hub_config"], "hub_split": train}]
-    for override in (conf.get("tests") or {}).values():
-        split = override.get("split", "test")
+    """The splits ``dataset=<name>`` reads (its typed config, with no local copy set): its
+    training split and every test set, each with the hub id, config and split it comes from
+    (``DatasetConfig.test_source``) and the local file name it gets."""
+    from hydra import compose, initialize_config_dir
+
+    from east.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"dataset={name}", "paths.data_dir=null", "paths.output_dir=/tmp"])
+    d = OmegaConf.to_object(cfg.dataset)
+    out = [
+        {"file": d.train_split, "hub_id": d.hub_id, "hub_config": d.hub_config, "hub_split": d.train_split}
+    ]
+    for test in d.tests:
+        spec, split, hub_split = d.test_source(test)
         out.append(
             {
                 "file": split,
-                "hub_id": override.get("hub_id", conf["hub_id"]),
-                "hub_config": override.get("hub_config", conf["hub_config"]),
-                "hub_split": override.get("hub_split") or split,
+                "hub_id": spec.hub_id,
+                "hub_config": spec.hub_config,
+                "hub_split": hub_split or split,
             }
         )
     return out

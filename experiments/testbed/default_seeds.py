@@ -49,12 +49,13 @@ def main() -> None:
     ]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     rows = []
-    for path in sorted(out.glob("*/results.json"), key=lambda p: int(p.parent.name)):
-        r = json.loads(path.read_text())
+    from east.runs import collect_runs
+
+    for r in sorted(collect_runs(out), key=lambda r: int(Path(r["_path"]).name)):
         e = next(iter(r["eval"].values()))
         d = e["delta"]
         row = {
-            "seed": args.seeds[int(path.parent.name)],  # job i ran the i-th seed
+            "seed": args.seeds[int(Path(r["_path"]).name)],  # job i ran the i-th seed
             "warmup_s": round(r["stages"]["base_model"]["seconds"], 1),
             "run_s": round(r["seconds"], 1),
             "kept": r["data"]["kept"],

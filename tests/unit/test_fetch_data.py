@@ -27,7 +27,7 @@ def test_fetched_files_are_what_data_dir_reads(tmp_path, shared_data, monkeypatc
         ("openai/gsm8k", "main", "test"): "gsm8k/test.jsonl",
         ("DigitalLearningGmbH/MATH-lighteval", "default", "train"): "math/train.jsonl",
         ("DigitalLearningGmbH/MATH-lighteval", "default", "test"): "math/test.jsonl",
-        ("HuggingFaceH4/MATH-500", None, "test"): "math/test500.jsonl",
+        ("HuggingFaceH4/MATH-500", "default", "test"): "math/test500.jsonl",
     }
     calls = []
 
@@ -39,7 +39,7 @@ def test_fetched_files_are_what_data_dir_reads(tmp_path, shared_data, monkeypatc
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     fetch = _fetch_module()
     files = fetch.fetch(tmp_path)
-    assert sorted(calls) == sorted(hub)  # every split the configs read, from conf's hub ids
+    assert sorted(calls) == sorted(hub)  # every split the loader reads, as it reads it (test_source)
     assert {f["records"] for f in files} >= {7473, 1319, 7500, 5000, 500} and not any(
         f["kept"] for f in files
     )
