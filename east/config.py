@@ -71,7 +71,7 @@ class TinyModelConfig:
     intermediate_size: int = 288
     vocab_size: int = 384
     seed: int = 0
-    warmup_steps: int = 500
+    warmup_steps: int = 1000
     warmup_batch_size: int = 32
     warmup_lr: float = 3e-3
 

@@ -24,6 +24,7 @@ SMALL = [
     "model.tiny.warmup_steps=150",
     "model.tiny.warmup_batch_size=16",
     "dataset.arith.steps=1",
+    "dataset.arith.warmup_short_share=0",
     "dataset.arith.max_number=5",
     "dataset.arith.warmup_size=600",
     "dataset.arith.train_size=24",

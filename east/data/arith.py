@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from east.checks import MAX_SEED, check_int
+from east.checks import MAX_SEED, check_int, check_real
 from east.data.problems import Problem
 
 NAMES = [
@@ -44,6 +44,11 @@ class ArithConfig:
 
     steps: int = 2  # operations after the starting amount
     max_number: int = 12  # numbers drawn from 1..max_number
+    # A slip for self-training to mend (docs/testbed.md, "The default"): of the warm-up's
+    # problems about these items, this share of solutions stop one operation short and box
+    # that total. Greedy decoding then slips on those items; sampling sometimes does not.
+    warmup_slip_items: list[str] = field(default_factory=lambda: ["apples", "pens", "cards", "coins"])
+    warmup_short_share: float = 0.6
     warmup_size: int = 4000
     train_size: int = 1000
     test_size: int = 1000
@@ -52,6 +57,16 @@ class ArithConfig:
     def __post_init__(self) -> None:
         check_int("dataset.arith.steps", self.steps, 1, 20)
         check_int("dataset.arith.max_number", self.max_number, 2, 1_000_000)
+        check_real("dataset.arith.warmup_short_share", self.warmup_short_share, 0.0, 1.0)
+        unknown = sorted(set(self.warmup_slip_items) - set(ITEMS))
+        if unknown:
+            raise ValueError(f"dataset.arith.warmup_slip_items: unknown {unknown}; the task's items are {ITEMS}")
+        if self.warmup_short_share and self.steps < 2:
+            raise ValueError(
+                f"dataset.arith.warmup_short_share={self.warmup_short_share} needs dataset.arith.steps >= 2 "
+                f"(got {self.steps}): a solution one operation short must keep a worked line; "
+                "with one-step problems set dataset.arith.warmup_short_share=0"
+            )
         for name in ("warmup_size", "train_size", "test_size"):
             check_int(f"dataset.arith.{name}", getattr(self, name), 1, 1_000_000)
         check_int("dataset.arith.seed", self.seed, 0, MAX_SEED)
@@ -105,6 +120,30 @@ def generate(spec: ArithConfig) -> dict[str, list[Problem]]:
             for i, (q, s, a) in enumerate(problems[start : start + size])
         ]
         start += size
+    if spec.warmup_short_share:
+        out["warmup"] = _stop_short(out["warmup"], spec)
+    return out
+
+
+def item_of(question: str) -> str:
+    """The item a generated question counts ("Eli has 2 balls. ..." -> "balls")."""
+    return question.split(".", 1)[0].rsplit(" ", 1)[1]
+
+
+def _stop_short(warmup: list[Problem], spec: ArithConfig) -> list[Problem]:
+    """Of the warm-up problems about ``warmup_slip_items``, ``round(share * their number)``,
+    chosen by their own random stream (the questions stay those of the plain task), whose
+    solution drops its last worked line and ends on the line before's total."""
+    rng = random.Random(f"{spec.seed}-short")
+    about = [i for i, p in enumerate(warmup) if item_of(p.question) in spec.warmup_slip_items]
+    chosen = set(rng.sample(about, round(spec.warmup_short_share * len(about))))
+    out = []
+    for i, p in enumerate(warmup):
+        if i in chosen:
+            lines = worked_lines(p.solution or "").split(" ")[:-1]
+            total = lines[-1].rstrip(".").rpartition("=")[2]
+            p = Problem(id=p.id, question=p.question, gold=total, solution=" ".join(lines) + f"\n#### {total}")
+        out.append(p)
     return out
 
 

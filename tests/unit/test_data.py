@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,7 @@ from east.data.arith import (
     chain_is_correct,
     count_flawed,
     generate,
+    item_of,
     warmup_completion,
     worked_lines,
 )
@@ -40,7 +42,44 @@ def test_arith_is_deterministic_disjoint_and_gsm8k_formatted():
         ArithConfig(seed=2, train_size=5, test_size=5, warmup_size=5)
     )
     with pytest.raises(ValueError, match="only .* distinct problems"):
-        generate(ArithConfig(steps=1, max_number=2, warmup_size=20_000))
+        generate(ArithConfig(steps=1, max_number=2, warmup_size=20_000, warmup_short_share=0))
+
+
+def test_arith_warmup_can_teach_a_slip_that_sampling_avoids():
+    """dataset.arith.warmup_short_share / warmup_slip_items: of the warm-up problems about the
+    listed items, that share of solutions stop one operation short and box the total before
+    it; the questions, the training and test splits, and every other warm-up solution are the
+    plain task's (its stream is pinned by a digest, so cached stages keep their keys)."""
+    import hashlib
+
+    plain_spec = ArithConfig(steps=3, warmup_size=400, train_size=100, test_size=100, warmup_short_share=0)
+    slip = ["apples", "pens"]
+    plain = generate(plain_spec)
+    slipped = generate(replace(plain_spec, warmup_short_share=0.25, warmup_slip_items=slip))
+    assert (slipped["train"], slipped["test"]) == (plain["train"], plain["test"])
+    assert [p.question for p in slipped["warmup"]] == [p.question for p in plain["warmup"]]
+    about = [p for p in plain["warmup"] if item_of(p.question) in slip]
+    short = [(a, b) for a, b in zip(plain["warmup"], slipped["warmup"]) if a != b]
+    assert len(short) == round(0.25 * len(about)) > 0
+    for full, cut in short:
+        assert item_of(full.question) in slip
+        lines = worked_lines(full.solution).split(" ")
+        assert worked_lines(cut.solution) == " ".join(lines[:-1])
+        assert cut.gold == lines[-2].rstrip(".").rpartition("=")[2] and cut.solution.endswith(f"#### {cut.gold}")
+        assert warmup_completion(cut).endswith(f"=\\boxed{{{cut.gold}}}.")
+    testbed = ArithConfig(
+        steps=2, max_number=12, warmup_size=4000, train_size=1000, test_size=1000, seed=1234, warmup_short_share=0
+    )
+    text = json.dumps([[p.question, p.solution] for s in ("warmup", "train", "test") for p in generate(testbed)[s]])
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "de6fc433825d25c5"
+    for bad, match in (
+        ({"warmup_short_share": 1.5}, "warmup_short_share"),
+        ({"warmup_short_share": -0.1}, "warmup_short_share"),
+        ({"warmup_slip_items": ["pears"]}, r"warmup_slip_items: unknown \['pears'\]"),
+        ({"steps": 1, "warmup_short_share": 0.5}, "needs dataset.arith.steps >= 2"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ArithConfig(**bad)
 
 
 def test_arith_chain_check_tells_a_right_derivation_from_a_lucky_total():
