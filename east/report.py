@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from east.runs import align, collect_runs, collect_wandb, predictions_of, resolve_sweep_dir
+from east.stats import format_p
 
 __all__ = [
     "PAPER",
@@ -336,17 +337,13 @@ def _fmt_paired(cell: dict[str, Any]) -> str:
     if not p:
         return "–"
     return (
-        f"{_signed(p['delta'])} [{_signed(p['low'])}, {_signed(p['high'])}] p{_fmt_p(p['p_value'])} "
+        f"{_signed(p['delta'])} [{_signed(p['low'])}, {_signed(p['high'])}] p{format_p(p['p_value'])} "
         f"({p['seeds']}×{p['questions']})"
     )
 
 
 def _signed(x: float) -> str:
     return f"{round(x, 1) or 0.0:+.1f}"  # never "-0.0"
-
-
-def _fmt_p(p: float) -> str:
-    return f"={p:.2g}" if p >= 0.001 else "<0.001"
 
 
 def to_markdown(table: list[dict[str, Any]]) -> str:

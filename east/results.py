@@ -105,7 +105,10 @@ def add_paired(evals: dict[str, dict[str, Any]], evaluated: dict[tuple[str, str]
         if not ids:
             continue
         d = paired_comparison([[trained[i] for i in ids]], [[base[i] for i in ids]])
-        entry["delta"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in d.to_dict().items()}
+        # Rounded for reading, but not the p-value: 4 decimals made a p of 1e-5 a 0.
+        entry["delta"] = {
+            k: round(v, 4) if isinstance(v, float) and k != "p_value" else v for k, v in d.to_dict().items()
+        }
 
 
 def _predictions(stage: StageResult) -> list[dict[str, Any]]:
@@ -211,6 +214,8 @@ def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) ->
     lines.append("  accuracy in % of test questions (results.json holds fractions):")
     lines.append(f"  {'test set':<12}{'base':>7}{'trained':>9}  {'trained - base [95% CI]':<30}{'n':>6}")
 
+    from east.stats import format_p
+
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
 
@@ -218,9 +223,7 @@ def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) ->
         delta = e.get("delta")
         change = "-"
         if delta:
-            change = (
-                f"{delta['delta']:+.1f} [{delta['low']:+.1f}, {delta['high']:+.1f}] p={delta['p_value']:.2g}"
-            )
+            change = f"{delta['delta']:+.1f} [{delta['low']:+.1f}, {delta['high']:+.1f}] p{format_p(delta['p_value'])}"
         lines.append(
             f"  {name:<12}{pct(e.get('base')):>7}{pct(e.get('trained')):>9}  {change:<30}{e['n']:>6}"
         )

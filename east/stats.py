@@ -119,6 +119,12 @@ def _resampled_means(values: np.ndarray, resamples: int, rng: np.random.Generato
     return out
 
 
+def format_p(p: float) -> str:
+    """A p-value as tables and summaries print it: ``=0.014``, or ``<0.001`` below 0.001 (a
+    Monte Carlo p-value is never 0; its digits down there are the resampling's)."""
+    return f"={p:.2g}" if p >= 0.001 else "<0.001"
+
+
 def _sign_flip_p(values: np.ndarray, permutations: int, rng: np.random.Generator) -> float:
     """Two-sided p-value of the sign-flip test on the sum of ``values``."""
     nonzero = values[values != 0]

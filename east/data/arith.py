@@ -60,7 +60,9 @@ class ArithConfig:
         check_real("dataset.arith.warmup_short_share", self.warmup_short_share, 0.0, 1.0)
         unknown = sorted(set(self.warmup_slip_items) - set(ITEMS))
         if unknown:
-            raise ValueError(f"dataset.arith.warmup_slip_items: unknown {unknown}; the task's items are {ITEMS}")
+            raise ValueError(
+                f"dataset.arith.warmup_slip_items: unknown {unknown}; the task's items are {ITEMS}"
+            )
         if self.warmup_short_share and self.steps < 2:
             raise ValueError(
                 f"dataset.arith.warmup_short_share={self.warmup_short_share} needs dataset.arith.steps >= 2 "
@@ -142,7 +144,9 @@ def _stop_short(warmup: list[Problem], spec: ArithConfig) -> list[Problem]:
         if i in chosen:
             lines = worked_lines(p.solution or "").split(" ")[:-1]
             total = lines[-1].rstrip(".").rpartition("=")[2]
-            p = Problem(id=p.id, question=p.question, gold=total, solution=" ".join(lines) + f"\n#### {total}")
+            p = Problem(
+                id=p.id, question=p.question, gold=total, solution=" ".join(lines) + f"\n#### {total}"
+            )
         out.append(p)
     return out
 

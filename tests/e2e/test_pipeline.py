@@ -445,7 +445,9 @@ def _write_arith_jsonl(folder: Path, files: dict[str, str]) -> Path:
     """Embedded-task questions as a bring-your-own JSON Lines dataset."""
     from east.data.arith import ArithConfig, generate
 
-    parts = generate(ArithConfig(steps=1, max_number=5, warmup_size=600, train_size=24, test_size=16, warmup_short_share=0))
+    parts = generate(
+        ArithConfig(steps=1, max_number=5, warmup_size=600, train_size=24, test_size=16, warmup_short_share=0)
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for name, split in files.items():
         rows = [{"question": p.question, "answer": p.gold} for p in parts[split]]

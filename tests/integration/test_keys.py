@@ -167,6 +167,9 @@ FLIPS: dict[str, tuple[Any, tuple[str, ...]]] = {
             "seed": 7,
         }.items()
     },
+    # The slip rewrites warm-up solutions only: the questions of every split stay.
+    "dataset.arith.warmup_short_share": (0.3, ("base_model",)),
+    "dataset.arith.warmup_slip_items": ("[balls]", ("base_model",)),
     "objective.sft_k": (2, ("build",)),
     "objective.global_batch_size": (32, ("train",)),
     "east.mapping": ("accuracy", ("build",)),

@@ -65,12 +65,22 @@ def test_arith_warmup_can_teach_a_slip_that_sampling_avoids():
         assert item_of(full.question) in slip
         lines = worked_lines(full.solution).split(" ")
         assert worked_lines(cut.solution) == " ".join(lines[:-1])
-        assert cut.gold == lines[-2].rstrip(".").rpartition("=")[2] and cut.solution.endswith(f"#### {cut.gold}")
+        assert cut.gold == lines[-2].rstrip(".").rpartition("=")[2] and cut.solution.endswith(
+            f"#### {cut.gold}"
+        )
         assert warmup_completion(cut).endswith(f"=\\boxed{{{cut.gold}}}.")
     testbed = ArithConfig(
-        steps=2, max_number=12, warmup_size=4000, train_size=1000, test_size=1000, seed=1234, warmup_short_share=0
+        steps=2,
+        max_number=12,
+        warmup_size=4000,
+        train_size=1000,
+        test_size=1000,
+        seed=1234,
+        warmup_short_share=0,
     )
-    text = json.dumps([[p.question, p.solution] for s in ("warmup", "train", "test") for p in generate(testbed)[s]])
+    text = json.dumps(
+        [[p.question, p.solution] for s in ("warmup", "train", "test") for p in generate(testbed)[s]]
+    )
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == "de6fc433825d25c5"
     for bad, match in (
         ({"warmup_short_share": 1.5}, "warmup_short_share"),
