@@ -175,9 +175,10 @@ def _close_key(key: str, groups: list[str] = ()) -> str | None:
 
     parts = key.split(".")
     if len(parts) == 3 and parts[:2] == ["objective", "trainer"]:
-        from east.training import TRAINERS
+        from east.objectives import OBJECTIVES
 
-        names = sorted({f.name for _, config in TRAINERS.values() for f in dataclasses.fields(config)})
+        configs = {spec.config_class() for spec in OBJECTIVES.values()}
+        names = sorted({f.name for config in configs for f in dataclasses.fields(config)})
         close = difflib.get_close_matches(parts[-1], names, n=1)
         return f"objective.trainer.{close[0]}" if close else None
     schema, prefix = Config, []

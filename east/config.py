@@ -26,7 +26,7 @@ from east.data import ArithConfig, DatasetConfig
 from east.errors import ConfigError
 from east.grading import Fallback, GradingMode
 from east.sampling_params import SamplingParams
-from east.selection import FilterConfig, Objective
+from east.selection import FilterConfig
 
 __all__ = [
     "ArithConfig",
@@ -128,14 +128,24 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: Objective = MISSING
+    name: str = MISSING  # a name in east.objectives.OBJECTIVES (registered, so open-ended)
     sft_k: int = 1  # SFT: correct responses per question
     # Examples per optimiser step across all processes; accumulation is derived from it.
     global_batch_size: int = 16
-    # Passed to TRL's SFTConfig / DPOConfig / KTOConfig (keys are checked against it).
+    # Passed to the objective's TRL config (SFTConfig, DPOConfig, ...; keys are checked against it).
     trainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from east.objectives import OBJECTIVES
+
+        if not unset(self.name) and self.name not in OBJECTIVES:
+            fail(
+                "objective.name",
+                self.name,
+                f"allowed: {', '.join(OBJECTIVES)}; to add one, register it with "
+                "east.objectives.register_objective in a module of yours and list that module in imports "
+                "(README: Add your own objective)",
+            )
         check_int("objective.sft_k", self.sft_k, 1, 10_000)
         check_int("objective.global_batch_size", self.global_batch_size, 1, 1 << 20)
 
@@ -675,9 +685,9 @@ def batch_layout(c: Config) -> dict[str, int]:
     gradient_accumulation_steps = global_batch_size / (per_device_train_batch_size x
     processes); raises ValueError naming the keys when it does not divide.
     """
-    from east.training import TRAINERS
+    from east.objectives import get_objective
 
-    name = c.objective.name
+    spec = get_objective(c.objective.name)
     settings = trainer_settings(c)
     if "gradient_accumulation_steps" in settings:
         raise ConfigError(
@@ -686,7 +696,7 @@ def batch_layout(c: Config) -> dict[str, int]:
         )
     per_device = settings.get("per_device_train_batch_size")
     if per_device is None:
-        per_device = TRAINERS[name][1].__dataclass_fields__["per_device_train_batch_size"].default
+        per_device = spec.config_class().__dataclass_fields__["per_device_train_batch_size"].default
     processes = c.distributed.num_processes
     total = c.objective.global_batch_size
     if total < 1 or per_device < 1 or total % (per_device * processes):
@@ -694,11 +704,9 @@ def batch_layout(c: Config) -> dict[str, int]:
             f"invalid config objective.global_batch_size={total}: it must be a multiple of "
             f"per_device_train_batch_size ({per_device}) x distributed.num_processes ({processes})"
         )
-    if name == "kto" and settings.get("loss_type", "kto") == "kto" and per_device < 2:
-        raise ConfigError(
-            f"invalid config: KTO's loss_type 'kto' estimates its KL term within a batch, so "
-            f"per_device_train_batch_size must be >= 2 (got {per_device})"
-        )
+    reason = spec.check(settings, per_device)
+    if reason:
+        raise ConfigError(f"invalid config: {reason}")
     return {
         "global_batch_size": total,
         "per_device_train_batch_size": per_device,
@@ -758,10 +766,11 @@ TRAINER_RANGES: dict[str, tuple[type, float, float, bool, bool]] = {
 
 
 def _check_trainer_settings(c: Config) -> None:
-    from east.training import RESERVED, TRAINERS
+    from east.objectives import get_objective
+    from east.training import RESERVED
 
     name = c.objective.name
-    config_cls = TRAINERS[name][1]
+    config_cls = get_objective(name).config_class()
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     sources = {
         "objective.trainer": c.objective.trainer,

@@ -23,14 +23,15 @@ from east.stats import format_p
 
 __all__ = [
     "PAPER",
-    "ROWS",
     "build_table",
     "collect_runs",
     "collect_wandb",
     "paper_number",
     "resolve_sweep_dir",
+    "row_label",
     "run_caption",
     "setting_of",
+    "table_rows",
     "to_markdown",
     "write_report",
 ]
@@ -56,16 +57,28 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
         "kto_east": {"gsm8k": 85.1, "math": 51.0},
     },
 }
-ROWS = ["default", "sft", "sft_east", "dpo", "dpo_east", "kto", "kto_east"]
-LABELS = {
-    "default": "default",
-    "sft": "SFT",
-    "sft_east": "+EAST",
-    "dpo": "DPO",
-    "dpo_east": "+EAST",
-    "kto": "KTO",
-    "kto_east": "+EAST",
-}
+
+
+def table_rows(trained: Iterable[str] = ()) -> list[str]:
+    """The table's rows: ``default`` (the base model), then per objective its vanilla row and
+    its EAST row (``<name>_east``): the registered objectives in their order, then any other
+    objective the runs trained (one of yours not imported here), so that no run is dropped."""
+    from east.objectives import OBJECTIVES
+
+    names = [*OBJECTIVES, *sorted(set(trained) - set(OBJECTIVES))]
+    return ["default", *(row for name in names for row in (name, f"{name}_east"))]
+
+
+def row_label(row: str) -> str:
+    """``default``, ``+EAST`` for an EAST row, else the objective's label (its name in capitals
+    when it is not registered here)."""
+    from east.objectives import OBJECTIVES
+
+    if row == "default":
+        return row
+    if row.endswith("_east"):
+        return "+EAST"
+    return OBJECTIVES[row].label if row in OBJECTIVES else row.upper()
 
 
 def setting_of(run: dict[str, Any]) -> str:
@@ -223,10 +236,11 @@ def build_table(runs: list[dict[str, Any]], paper: dict = PAPER) -> list[dict[st
     tests = sorted(found, key=lambda t: (t not in ("gsm8k", "math"), t))
     table = []
     for model in models:
-        for row in ROWS:
+        trained = {k[1].removesuffix("_east") for k in cells if k[0] == model and k[1] != "default"}
+        for row in table_rows(trained):
             variants = sorted({k[2] for k in cells if k[0] == model and k[1] == row}) or [""]
             for variant in variants:
-                label = LABELS[row] + (f" ({variant})" if len(variants) > 1 and variant else "")
+                label = row_label(row) + (f" ({variant})" if len(variants) > 1 and variant else "")
                 baseline = bool(variant) and "=" not in variant.split()[0] and is_baseline(variant.split()[0])
                 if baseline:
                     label = f"+baseline ({variant})"

@@ -1,4 +1,5 @@
-"""Filtering graded questions and building SFT / DPO / KTO training records.
+"""Filtering graded questions and building SFT / DPO / KTO training records (each objective's
+module in east.objectives names its builder).
 
 Pure Python. Every random choice is a pure function of ``(seed, question id, purpose)``,
 so the records do not depend on question order or on how many processes built them.
@@ -10,7 +11,6 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: the sampler imports derive_seed without math-verify
@@ -20,10 +20,8 @@ __all__ = [
     "FILTER_RULES",
     "FilterConfig",
     "GradedQuestion",
-    "Objective",
     "build_dpo",
     "build_kto",
-    "build_records",
     "build_sft",
     "derive_seed",
     "filter_questions",
@@ -45,15 +43,6 @@ class GradedQuestion:
                 f"question {self.question_id!r}: {len(self.responses)} responses but a grade "
                 f"for {self.grade.n}"
             )
-
-
-class Objective(StrEnum):
-    """The training objectives, each with a record builder here and a weighted trainer in
-    :mod:`east.training`."""
-
-    sft = "sft"
-    dpo = "dpo"
-    kto = "kto"
 
 
 @dataclass
@@ -232,22 +221,3 @@ def build_kto(
         records.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True, **stats})
         records.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False, **stats})
     return records
-
-
-BUILDERS = {Objective.sft: build_sft, Objective.dpo: build_dpo, Objective.kto: build_kto}
-
-
-def build_records(
-    objective: Objective | str,
-    questions: Sequence[GradedQuestion],
-    weights: Sequence[float],
-    *,
-    seed: int,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Dispatch to the builder of ``objective`` (``sft``, ``dpo`` or ``kto``)."""
-    try:
-        builder = BUILDERS[Objective(objective)]
-    except ValueError:
-        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(Objective)}") from None
-    return builder(questions, weights, seed=seed, **kwargs)

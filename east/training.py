@@ -854,11 +854,3 @@ RESERVED = (
     "fp16",
     "logging_nan_inf_filter",
 )
-
-#: Per objective (its name; :class:`east.selection.Objective` members are these strings): its
-#: weighted trainer and TRL config class.
-TRAINERS: dict[str, tuple[type, type]] = {
-    "sft": (WeightedSFTTrainer, SFTConfig),
-    "dpo": (WeightedDPOTrainer, DPOConfig),
-    "kto": (WeightedKTOTrainer, KTOConfig),
-}

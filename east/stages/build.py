@@ -25,8 +25,8 @@ def build_records(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The objective's weighted training records from graded samples, and their statistics."""
     from east.grading import QuestionGrade
+    from east.objectives import get_objective
     from east.selection import GradedQuestion, filter_questions, nothing_survived
-    from east.selection import build_records as build_objective_records
     from east.weighting import get_mapping
 
     system = c.model.system_prompt
@@ -71,8 +71,8 @@ def build_records(
             sharpness,
             len(weights),
         )
-    kwargs = {"k": c.objective.sft_k} if c.objective.name == "sft" else {}
-    records = build_objective_records(c.objective.name, kept, weights, seed=c.seed, **kwargs)
+    objective = get_objective(c.objective.name)
+    records = objective.build(kept, weights, seed=c.seed, **objective.build_options(c.objective))
     for r in records:  # TRL conversational format
         for key in ("completion", "chosen", "rejected"):
             if key in r:

@@ -36,6 +36,7 @@ from east.codeid import defining_module, function_digest, stage_code
 from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
 from east.models import model_path
+from east.objectives import code_modules
 from east.prompts import Prompts, build_prompts
 from east.sampling import sample_seed
 from east.stages import launch
@@ -320,8 +321,9 @@ class Stages:
             write_jsonl(d / "records.jsonl", records)
             write_json(d / "stats.json", stats)
 
-        # The mapping's own module, with every module of yours it imports (east.codeid).
-        own = defining_module(get_mapping(mapping).raw)
+        # The mapping's own module and the objective's (its builder), with every module of yours
+        # they import (east.codeid).
+        own = (*defining_module(get_mapping(mapping).raw), *code_modules(c.objective.name))
         return self._stage("build", config, [grades], write, round_label("build", round_), modules=own)
 
     def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:
@@ -367,6 +369,7 @@ class Stages:
                 "dtype": c.model.dtype,
                 "peft": peft,
                 "report_to": [],  # the driver logs through its own logger
+                "imports": list(c.imports),  # an objective of yours registers itself there
             }
             if dist.num_processes > 1 or dist.accelerate_config:  # (ZeRO-3 on one process too)
                 write_json(d / "train_spec.json", spec)
@@ -387,7 +390,14 @@ class Stages:
             ("deepspeed",) if dist.distributed_type() == "DEEPSPEED" else ()
         )  # ZeRO-3's own optimiser step
         return self._stage(
-            "train", config, [model, records], write, label, work=True, libraries=(*lora, *engine)
+            "train",
+            config,
+            [model, records],
+            write,
+            label,
+            work=True,
+            libraries=(*lora, *engine),
+            modules=code_modules(c.objective.name),  # its trainer and spec (east.objectives)
         )
 
     def evaluate(

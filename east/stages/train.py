@@ -42,12 +42,17 @@ from east.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: The record columns each objective's trainer reads.
-COLUMNS = {
-    "sft": ("prompt", "completion", "weight"),
-    "dpo": ("prompt", "chosen", "rejected", "weight"),
-    "kto": ("prompt", "completion", "label", "weight"),
-}
+
+def import_modules(names: list[str]) -> None:
+    """The run's ``imports`` in this worker process (the driver imported them to check the
+    config; a child process starts without them). The driver's folder is searched too."""
+    import importlib
+    import os
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        importlib.import_module(name)
 
 
 def precision(dtype_name: str, cuda: bool) -> str:
@@ -69,16 +74,18 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     from datasets import Dataset
 
     from east.models import load_model, load_tokenizer
+    from east.objectives import get_objective
     from east.stages import sharding_cpu
     from east.stages.save import save_trained
-    from east.training import TRAINERS
 
     sharded_on_cpu = sharding_cpu.enable()  # ZeRO-3 / FSDP without CUDA: shard, never plain DDP
+    import_modules(spec.get("imports") or [])  # where an objective of yours registers itself
     objective, out = spec["objective"], Path(spec["out_dir"])
     work = Path(spec.get("work_dir") or out / "trainer")
-    trainer_cls, config_cls = TRAINERS[objective]
-    rows = [{k: r[k] for k in COLUMNS[objective]} for r in read_jsonl(Path(spec["records"]))]
-    if objective == "kto":  # KTO samples sequentially (its KL pairs): shuffle here, seeded
+    spec_of = get_objective(objective)
+    trainer_cls, config_cls = spec_of.trainer_class(), spec_of.config_class()
+    rows = [{k: r[k] for k in spec_of.columns} for r in read_jsonl(Path(spec["records"]))]
+    if spec_of.shuffle_records:  # its trainer reads rows in order (KTO's KL pairs): seeded
         random.Random(spec["seed"]).shuffle(rows)
     cuda = torch.cuda.is_available()
     mixed = precision(spec["dtype"], cuda)
@@ -103,7 +110,7 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
         # The policy in fp32, whatever the model's dtype: the optimiser's master weights (on a
         # GPU autocast computes in bf16 / fp16; a CPU trains in fp32).
         model = load_model(spec["base_path"], "float32")
-        if objective != "sft" and not _deepspeed(args):
+        if spec_of.reference_model and not _deepspeed(args):
             # The frozen reference in the model's dtype (TRL would copy the policy's fp32), read
             # whole by every process (ZeRO-3 partitions TRL's own as it loads).
             extra["ref_model"] = load_reference(spec["base_path"], spec["dtype"])

@@ -100,8 +100,8 @@ c._key_lock = _lock
     "a training loss that becomes NaN (a NaN model was saved and evaluated)": (
         [],
         """
-from east.training import TRAINERS
-cls = TRAINERS["sft"][0]
+from east.objectives import get_objective
+cls = get_objective("sft").trainer_class()
 _real = cls.compute_loss
 def _nan(self, *args, **kwargs):  # the train stage's loss turns NaN from its third step
     out = _real(self, *args, **kwargs)

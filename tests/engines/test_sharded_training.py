@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from east.cache import write_jsonl
+from east.objectives import objective_names
 from east.stages.train import launch
 from tests.engines.conftest import engine_env, need
 from tests.helpers import ROOT, SMALL, kill_at_first_checkpoint
@@ -123,7 +124,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in common)
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 @pytest.mark.parametrize("distributed", ENGINES)
 def test_one_step_on_two_processes_is_the_reference_step(tmp_path, tiny_dir, objective, distributed):
     data = _rows(objective)

@@ -14,6 +14,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
+from east.objectives import objective_names
 from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
 from tests.conftest import assistant, prompt
 
@@ -101,7 +102,7 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_gradient_is_the_weighted_combination_of_per_example_gradients(objective, tiny_dir):
     rows = [dict(r, weight=w) for r, w in zip(ROWS[objective][:2], (0.3, 1.7))]
     if objective == "kto":  # one desirable and one undesirable example
@@ -178,7 +179,7 @@ def _one_step_params(objective, tiny_dir, batch, accumulation):
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_batch_times_accumulation_invariance(objective, tiny_dir):
     reference = _one_step_params(objective, tiny_dir, 4, 1)
     initial = torch.cat(
@@ -403,7 +404,7 @@ class _Stack:
         return {"x": [e["x"] for e in examples]}
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_uneven_micro_batches_weigh_every_example_once(objective, tiny_dir):
     """3 examples per step as micro-batches [2, 1] give the update of one batch of 3."""
     initial = torch.cat(
@@ -459,11 +460,9 @@ def _layout_config(total, per_device, procs, objective="sft", **trainer):
     """The parts of a :class:`east.config.Config` that the batch layout reads."""
     from types import SimpleNamespace
 
-    from east.selection import Objective
-
     return SimpleNamespace(
         objective=SimpleNamespace(
-            name=Objective(objective),
+            name=objective,
             global_batch_size=total,
             trainer={"per_device_train_batch_size": per_device, **trainer},
         ),

@@ -11,6 +11,7 @@ import transformers
 import trl
 from datasets import Dataset, IterableDataset
 
+from east.objectives import objective_names
 from east.training import TrainerAssumptionError, WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
 from tests.integration.trainer_runs import make_trainer, one_step, params, reference, rel, rows
 
@@ -22,7 +23,7 @@ WINDOW = [[0, 1], [2]]
 # --------------------------------------------------------------------------- canaries
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_canary_the_step_example_count(objective, tiny_dir, monkeypatch):
     """transformers stops calling get_batch_samples per step: nothing would divide the loss
     by the step's examples."""
@@ -47,7 +48,7 @@ def test_canary_the_weight_column_reaches_the_batch(tiny_dir, monkeypatch):
     assert torch.equal(before, params(trainer.model))
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_canary_log_prob_rows(objective, tiny_dir):
     """The fused forward returns log-probs for fewer rows than the batch has."""
     trainer = make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from east.objectives import objective_names
 from east.training import DPO_ALLOWED, KTO_ALLOWED
 from tests.integration.reference_losses import per_example_losses, step_gradient
 from tests.integration.trainer_runs import one_step, reference, rel, rows
@@ -112,7 +113,7 @@ def test_kto_allowlist_covers_the_reference_types():
 DDP_WORKER = Path(__file__).with_name("ddp_reference_step.py")
 
 
-@pytest.mark.parametrize("objective", ["sft", "dpo", "kto"])
+@pytest.mark.parametrize("objective", objective_names())
 def test_two_gloo_processes_take_the_reference_step(objective, tiny_dir, tmp_path):
     """One step on 2 processes is the reference update over all its examples.
 

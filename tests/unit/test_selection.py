@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from east.grading import grade_question
+from east.objectives import get_objective
 from east.selection import (
     FilterConfig,
     GradedQuestion,
     build_dpo,
     build_kto,
-    build_records,
     build_sft,
     filter_questions,
 )
@@ -95,8 +95,8 @@ def test_builders_reject_bad_input():
         build_sft([q], [1.0, 1.0], seed=0)
     with pytest.raises(ValueError, match="no correct response"):
         build_sft([_q("w", [r"\boxed{1}"])], [1.0], seed=0)
-    with pytest.raises(ValueError, match="unknown objective"):
-        build_records("ppo", [q], [1.0], seed=0)
+    with pytest.raises(ValueError, match="unknown objective 'ppo'.*registered: sft, dpo, kto"):
+        get_objective("ppo")
     with pytest.raises(ValueError, match="2 responses but a grade for 6"):
         GradedQuestion("x", "p", ["a", "b"], q.grade)
 

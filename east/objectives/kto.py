@@ -1,0 +1,35 @@
+"""Weighted KTO: the DPO pair unpaired (the correct response desirable, the incorrect one
+undesirable), each example's loss multiplied by its question's weight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from east.objectives.base import ObjectiveSpec, register_objective
+from east.selection import build_kto
+
+
+def _check(settings: dict[str, Any], per_device: int) -> str | None:
+    if settings.get("loss_type", "kto") == "kto" and per_device < 2:
+        return (
+            "KTO's loss_type 'kto' estimates its KL term within a batch, so "
+            f"per_device_train_batch_size must be >= 2 (got {per_device})"
+        )
+    return None
+
+
+SPEC = register_objective(
+    ObjectiveSpec(
+        name="kto",
+        build=build_kto,
+        columns=("prompt", "completion", "label", "weight"),
+        trainer="east.training:WeightedKTOTrainer",
+        config="trl:KTOConfig",
+        label="KTO",
+        reference_model=True,
+        # TRL's KTO pairs each example with the next one's completion for its KL term: it
+        # reads rows in order, so the train stage shuffles them (seeded) first.
+        shuffle_records=True,
+        check=_check,
+    )
+)
