@@ -54,3 +54,22 @@ def check_real(key: str, value: Any, low: float, high: float = math.inf, *, open
 def check_choice(key: str, value: Any, allowed: Any) -> None:
     if not unset(value) and value not in allowed:
         fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
+
+
+def import_user_modules(names: list[str]) -> None:
+    """Import ``imports``: the modules where a user registers mappings, objectives (or anything
+    else the config names), before the config is checked, and again in a stage worker (a child
+    process starts without them). The current folder is searched too."""
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(str(name))
+        except Exception as e:  # a missing module or one that fails: the user's to fix
+            raise ConfigError(
+                f"invalid config imports: cannot import {name!r} ({type(e).__name__}: {e})"
+            ) from None

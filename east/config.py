@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from east.checks import MAX_SEED, check_choice, check_int, check_real, fail, unset
+from east.checks import MAX_SEED, check_choice, check_int, check_real, fail, import_user_modules, unset
 from east.data import ArithConfig, DatasetConfig
 from east.errors import ConfigError
 from east.grading import Fallback, GradingMode
@@ -589,24 +589,6 @@ def _check_placement(c: Config) -> None:
             "nn.DataParallel over all of them (a larger batch than configured); keep isolate_stages=auto "
             "(each stage sees the devices it needs) or set CUDA_VISIBLE_DEVICES to one device",
         )
-
-
-def import_user_modules(names: list[str]) -> None:
-    """Import ``imports``: the modules where a user registers mappings (or anything else the
-    config names), before the config is checked. The current folder is searched too."""
-    import importlib
-    import os
-    import sys
-
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(str(name))
-        except Exception as e:  # a missing module or one that fails: the user's to fix
-            raise ConfigError(
-                f"invalid config imports: cannot import {name!r} ({type(e).__name__}: {e})"
-            ) from None
 
 
 def omegaconf_message(error: Exception) -> str:

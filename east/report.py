@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from east.objectives import OBJECTIVES
 from east.runs import align, collect_runs, collect_wandb, predictions_of, resolve_sweep_dir
 from east.stats import format_p
 
@@ -63,8 +64,6 @@ def table_rows(trained: Iterable[str] = ()) -> list[str]:
     """The table's rows: ``default`` (the base model), then per objective its vanilla row and
     its EAST row (``<name>_east``): the registered objectives in their order, then any other
     objective the runs trained (one of yours not imported here), so that no run is dropped."""
-    from east.objectives import OBJECTIVES
-
     names = [*OBJECTIVES, *sorted(set(trained) - set(OBJECTIVES))]
     return ["default", *(row for name in names for row in (name, f"{name}_east"))]
 
@@ -72,8 +71,6 @@ def table_rows(trained: Iterable[str] = ()) -> list[str]:
 def row_label(row: str) -> str:
     """``default``, ``+EAST`` for an EAST row, else the objective's label (its name in capitals
     when it is not registered here)."""
-    from east.objectives import OBJECTIVES
-
     if row == "default":
         return row
     if row.endswith("_east"):

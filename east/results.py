@@ -10,6 +10,7 @@ from typing import Any
 from east.cache import StageResult, read_json, read_jsonl, write_jsonl
 from east.config import Config
 from east.data import Splits
+from east.stats import format_p
 
 #: The data statistics of a run that trains nothing (evaluation.only).
 NO_TRAINING_STATS = {
@@ -213,8 +214,6 @@ def summary_text(results: dict[str, Any], logged: list[tuple[str, str]] = ()) ->
             lines.append("  every weight is equal: this run is vanilla self-training, tabled as such")
     lines.append("  accuracy in % of test questions (results.json holds fractions):")
     lines.append(f"  {'test set':<12}{'base':>7}{'trained':>9}  {'trained - base [95% CI]':<30}{'n':>6}")
-
-    from east.stats import format_p
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.1f}"

@@ -38,21 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from east.cache import read_jsonl
+from east.checks import import_user_modules
 from east.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def import_modules(names: list[str]) -> None:
-    """The run's ``imports`` in this worker process (the driver imported them to check the
-    config; a child process starts without them). The driver's folder is searched too."""
-    import importlib
-    import os
-
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    for name in names:
-        importlib.import_module(name)
 
 
 def precision(dtype_name: str, cuda: bool) -> str:
@@ -79,7 +68,7 @@ def train_from_spec(spec: dict[str, Any], callbacks: list[Any] | None = None) ->
     from east.stages.save import save_trained
 
     sharded_on_cpu = sharding_cpu.enable()  # ZeRO-3 / FSDP without CUDA: shard, never plain DDP
-    import_modules(spec.get("imports") or [])  # where an objective of yours registers itself
+    import_user_modules(spec.get("imports") or [])  # where an objective of yours registers itself
     objective, out = spec["objective"], Path(spec["out_dir"])
     work = Path(spec.get("work_dir") or out / "trainer")
     spec_of = get_objective(objective)

@@ -79,7 +79,7 @@ def test_bad_rows_are_refused(a, b, message):
         paired_comparison(a, b)
 
 
-def test_a_tiny_p_value_is_printed_as_a_bound_and_stored_whole():
+def test_a_tiny_p_value_is_printed_as_a_bound_and_stored_whole(tmp_path):
     """The default's gain has p near 1e-5: the summary printed "p=0" (results.json rounded it
     to 4 decimals). Now results.json keeps it and every printout says "<0.001"."""
     from east.results import add_paired, summary_text
@@ -92,24 +92,18 @@ def test_a_tiny_p_value_is_printed_as_a_bound_and_stored_whole():
         "<0.001",
     )
 
-    class Stage:  # an evaluation stage's folder, as add_paired reads it
-        def __init__(self, path):
-            self.path = path
-
     import json
-    import tempfile
-    from pathlib import Path
+    from types import SimpleNamespace
 
-    with tempfile.TemporaryDirectory() as tmp:
-        stages = {}
-        for which, right in (("base", 300), ("trained", 700)):
-            d = Path(tmp) / which
-            d.mkdir()
-            rows = [{"id": f"q{i}", "correct": i < right} for i in range(1000)]
-            (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            stages[("arith", which)] = Stage(d)
-        evals = {"arith": {"base": 0.3, "trained": 0.7, "n": 1000}}
-        add_paired(evals, stages)
+    stages = {}  # each evaluation stage's folder, as add_paired reads it
+    for which, right in (("base", 300), ("trained", 700)):
+        d = tmp_path / which
+        d.mkdir()
+        rows = [{"id": f"q{i}", "correct": i < right} for i in range(1000)]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        stages[("arith", which)] = SimpleNamespace(path=d)
+    evals = {"arith": {"base": 0.3, "trained": 0.7, "n": 1000}}
+    add_paired(evals, stages)
     p = evals["arith"]["delta"]["p_value"]
     assert 0 < p < 0.001
     run = {
