@@ -25,6 +25,7 @@ from east.checks import MAX_SEED, check_choice, check_int, check_real, fail, imp
 from east.data import ArithConfig, DatasetConfig
 from east.errors import ConfigError
 from east.grading import Fallback, GradingMode
+from east.samplers.base import sampler_class
 from east.sampling_params import SamplingParams
 from east.selection import FilterConfig
 
@@ -167,64 +168,6 @@ class EastConfig:
                 "in imports (README: Your own mapping)",
             )
         check_real("east.sharpness", self.sharpness, -MAX_SHARPNESS, MAX_SHARPNESS)
-
-
-def _check_data_parallel(value: Any) -> None:
-    if value != "auto":
-        check_int("sampler.data_parallel_size", value, 1, 1024)
-
-
-@dataclass
-class HFSamplerConfig:
-    """``sampler=hf``: batched ``transformers.generate`` (:class:`east.sampling.HFSampler`)."""
-
-    _target_: str = "east.sampling.HFSampler"
-    batch_size: int = 64  # rows (prompt x sample) per generate call
-    # Generate workers, each on its own device(s) with a contiguous shard of the prompts
-    # (auto: one per visible GPU, 1 on a CPU). Not in any key: responses depend on seeds only.
-    data_parallel_size: Any = "auto"
-    chunk_prompts: int = 1024  # prompts per generate call; each chunk is written as it returns
-
-    def __post_init__(self) -> None:
-        check_int("sampler.batch_size", self.batch_size, 1, 1 << 20)
-        _check_data_parallel(self.data_parallel_size)
-        check_int("sampler.chunk_prompts", self.chunk_prompts, 1, 1 << 24)
-
-
-@dataclass
-class VLLMSamplerConfig:
-    """``sampler=vllm`` (:class:`east.sampling_vllm.VLLMSampler`, CUDA only)."""
-
-    _target_: str = "east.sampling_vllm.VLLMSampler"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    entropy_top_k: int = 20  # log-probs per token for token entropies (0: none)
-    max_model_len: int | None = None  # null: the longest prompt plus the new tokens
-    batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: responses independent of batching
-    chunk_requests: int = 4096  # requests per LLM.generate call
-    # auto: off without CUDA (vLLM's CPU runner cannot rewind a seeded request's generator
-    # after a partial prefill), vLLM's default (on) with it.
-    chunked_prefill: Any = "auto"
-    enforce_eager: bool = False  # no graph capture / compilation: faster start, slower steps
-    data_parallel_size: Any = "auto"  # engines, each on tensor_parallel_size devices
-    chunk_prompts: int = 1024
-
-    def __post_init__(self) -> None:
-        check_int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1, 1024)
-        check_real("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.01, 1.0)
-        check_int("sampler.entropy_top_k", self.entropy_top_k, 0, 1000)
-        check_int("sampler.max_model_len", self.max_model_len, 1, 1 << 22, optional=True)
-        check_int("sampler.chunk_requests", self.chunk_requests, 1, 1 << 24)
-        check_choice("sampler.chunked_prefill", self.chunked_prefill, ("auto", True, False))
-        _check_data_parallel(self.data_parallel_size)
-        check_int("sampler.chunk_prompts", self.chunk_prompts, 1, 1 << 24)
-
-
-#: The schema of each shipped sampler backend, by its ``_target_`` (another target is a
-#: user's own backend: its keyword arguments are checked by its constructor).
-SAMPLER_SCHEMAS = {
-    c.__dataclass_fields__["_target_"].default: c for c in (HFSamplerConfig, VLLMSamplerConfig)
-}
 
 
 @dataclass
@@ -401,8 +344,8 @@ class Config:
     dataset: DatasetConfig = MISSING
     objective: ObjectiveConfig = MISSING
     east: EastConfig = field(default_factory=EastConfig)
-    # A backend built by hydra.utils.instantiate from its _target_, given model.dtype (the
-    # shipped ones' schemas: SAMPLER_SCHEMAS).
+    # A east.samplers.Sampler built from its _target_ by east.samplers.build_sampler, given
+    # model.dtype (checked against the Config schema its class declares).
     sampler: Any = MISSING
     logger: Any = MISSING
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -485,35 +428,9 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bo
     if devices:
         _check_placement(c)
         _check_sampler_installed(c)
+        _check_sampler(c)
         _check_deepspeed_installed(c)
-        _check_vllm_head_dim(c)
     return c
-
-
-#: vLLM's CPU attention backend takes head dimensions from 32 up (a tiny model of head_dim 16
-#: fails at its first generate, inside the engine).
-VLLM_CPU_MIN_HEAD_DIM = 32
-
-
-def _check_vllm_head_dim(c: Config) -> None:
-    """sampler=vllm on a CPU with a tiny model whose attention heads vLLM's CPU backend cannot
-    run: one line naming head_dim, before the warm-up."""
-    import torch
-
-    target = c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
-    tiny = c.model.tiny
-    if target != VLLMSamplerConfig._target_ or tiny is None or torch.cuda.is_available():
-        return
-    head_dim = tiny.hidden_size // tiny.num_heads
-    if head_dim < VLLM_CPU_MIN_HEAD_DIM:
-        fail(
-            "model.tiny.num_heads",
-            tiny.num_heads,
-            f"the tiny model's head_dim is {tiny.hidden_size} / {tiny.num_heads} = {head_dim}, and vLLM's CPU "
-            f"attention needs head_dim >= {VLLM_CPU_MIN_HEAD_DIM}: use sampler=hf, or fewer heads "
-            f"(model.tiny.num_heads={max(1, tiny.hidden_size // VLLM_CPU_MIN_HEAD_DIM)}; debug=fast's model has "
-            "head_dim 32)",
-        )
 
 
 def _check_deepspeed_installed(c: Config) -> None:
@@ -532,17 +449,41 @@ def _check_deepspeed_installed(c: Config) -> None:
         )
 
 
-def _check_sampler_installed(c: Config) -> None:
-    """A backend whose package is missing (sampler=vllm without vLLM) is one line saying how
-    to install it, not Hydra's "Error locating target"."""
-    import importlib
+def _sampler_target(c: Config) -> str:
+    return c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
 
-    target = c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
-    module = str(target).rpartition(".")[0]
-    try:
-        importlib.import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"invalid config sampler._target_={target!r}: {e}") from None
+
+def _check_sampler_installed(c: Config) -> None:
+    """The packages the run's backend declares (``libraries``), installed: one line saying how
+    to get them (``install_hint``), not an ImportError in a worker after the warm-up."""
+    import importlib.util
+
+    target = _sampler_target(c)
+    cls = sampler_class(target)
+    for package in cls.libraries:
+        if importlib.util.find_spec(package) is None:
+            hint = f": {cls.install_hint}" if cls.install_hint else ""
+            fail("sampler._target_", target, f"it needs {package}, which is not installed{hint}")
+
+
+def _check_sampler(c: Config) -> None:
+    """What the run's backend declares (east.samplers.Sampler), checked before any stage runs:
+    token entropies where the mapping reads them, and its own check of the run here."""
+    from east.weighting import canonical, get_mapping
+
+    target = _sampler_target(c)
+    cls = sampler_class(target)
+    reads = get_mapping(canonical(c.east.mapping, c.east.sharpness)[0]).signal
+    if reads == "token_entropy" and not c.evaluation.only and not cls.returns_token_entropy:
+        fail(
+            "east.mapping",
+            c.east.mapping,
+            f"it reads token entropies, and the sampler {target} does not return them "
+            "(returns_token_entropy); use sampler=hf or sampler=vllm",
+        )
+    problem = cls.config_problem(c)
+    if problem is not None:
+        fail(*problem)
 
 
 def _check_peft(c: Config) -> None:
@@ -599,15 +540,19 @@ def omegaconf_message(error: Exception) -> str:
 
 
 def sampler_config(node: Any) -> Any:
-    """A shipped backend's ``sampler`` node as its checked dataclass; another as given."""
+    """The ``sampler`` node as its backend's checked schema (``Config`` on its class); a
+    backend without one as given (its constructor checks its keyword arguments)."""
     if dataclasses.is_dataclass(node):
         return node
-    schema = SAMPLER_SCHEMAS.get(node.get("_target_"))
+    target = node.get("_target_")
+    if not target:
+        raise ConfigError("invalid config sampler: it names no _target_ (a east.samplers.Sampler class)")
+    schema = sampler_class(target).Config
     if schema is None:
         return node
     unknown = unknown_keys(node, schema, "sampler.")
     if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (for {node['_target_']})")
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)} (for {target})")
     return schema(**node)
 
 

@@ -92,7 +92,8 @@ def kept_questions(model_dir: Path, problems: dict[str, list[Any]], seed: int = 
     from east.grading import grade_question
     from east.models import load_tokenizer
     from east.prompts import PAPER_SYSTEM, build_prompts
-    from east.sampling import HFSampler, SamplingParams, sample_seed
+    from east.samplers import SamplingParams, sample_seed
+    from east.samplers.hf import HFSampler
 
     tok = load_tokenizer(str(model_dir), "llama3_paper")
     params = SamplingParams(**SAMPLING)

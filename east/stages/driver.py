@@ -32,13 +32,13 @@ from east.cache import (
     write_json,
     write_jsonl,
 )
-from east.codeid import defining_module, function_digest, stage_code
+from east.codeid import defining_module, function_digest, is_own, stage_code
 from east.config import Config, SamplingParams, batch_layout, trainer_settings
 from east.data import Problem, Splits
 from east.models import model_path
 from east.objectives import code_modules
 from east.prompts import Prompts, build_prompts
-from east.sampling import sample_seed
+from east.samplers.base import Sampler, build_sampler, sample_seed, sampler_node
 from east.stages import launch
 from east.stages.base_model import WARMUP_RECIPE
 from east.weighting import canonical, get_mapping
@@ -47,12 +47,10 @@ log = logging.getLogger(__name__)
 
 #: The stages that generate with the sampler backend (its package's version is in their keys).
 GENERATING = ("sample", "evaluate", "evaluate_sampled")
-#: Fields of a shipped sampler config that the driver reads and the backend does not take.
-DRIVER_FIELDS = ("data_parallel_size", "chunk_prompts")
 
 
 class Stages:
-    def __init__(self, c: Config, logger: Any, sampler: Any):
+    def __init__(self, c: Config, logger: Any, sampler: Sampler):
         self.c = c
         self.logger = logger
         self.sampler = sampler
@@ -85,8 +83,8 @@ class Stages:
         # The code that builds the artifact is part of its key (east.codeid): comments no, code
         # yes; for the generating stages, the sampler backend's own module and packages too.
         if name in GENERATING:
-            modules = (*modules, *defining_module(type(self.sampler)))
-            libraries = (*getattr(type(self.sampler), "libraries", ()), *libraries)
+            modules = (*modules, *(m for m in self.sampler.code_modules() if m != "__main__" and is_own(m)))
+            libraries = (*self.sampler.libraries, *libraries)
         config = {**config, "code": stage_code(name, modules, libraries)}
         keys = [i.key for i in inputs]
         work_dir = self.cache.work_dir(name, stage_key(name, config, keys)) if work else None
@@ -151,6 +149,7 @@ class Stages:
             "params": dataclasses.asdict(params),
             "token_entropy": token_entropy,
             "chunk_prompts": _get(self.c.sampler, "chunk_prompts", 1024),
+            "imports": list(self.c.imports),  # a backend of yours may live beside them
         }
         outs = []
         for k, part in enumerate(parts):
@@ -159,13 +158,11 @@ class Stages:
             outs.append(scratch / f"generated-{k}.jsonl")
             spec = {**base, "prompts": str(prompts), "out": str(outs[-1])}
             launch.write_spec(scratch / f"generate-{k}.json", spec)
-        if len(parts) == 1 and not (self.isolate or getattr(self.sampler, "own_process", False)):
+        if len(parts) == 1 and not (self.isolate or self.sampler.own_process):
             try:
                 generate.run(json.loads((scratch / "generate-0.json").read_text()), sampler=self.sampler)
             finally:
-                close = getattr(self.sampler, "close", None)
-                if close is not None:
-                    close()
+                self.sampler.close()
         elif parts:
             specs = [scratch / f"generate-{k}.json" for k in range(len(parts))]
             launch.run_workers(
@@ -526,22 +523,20 @@ def current_stage() -> str | None:
 # ---------------------------------------------------------------------- placement
 
 
-def make_sampler(c: Config) -> Any:
-    """The run's sampler backend, built from ``sampler`` (its driver-only fields left out)."""
-    import hydra.utils
-
-    return hydra.utils.instantiate(sampler_node(c.sampler), dtype=c.model.dtype)
+def make_sampler(c: Config) -> Sampler:
+    """The run's sampler backend, built from ``sampler`` as a generate worker builds it."""
+    return build_sampler(c.sampler, c.model.dtype)
 
 
-def evaluation_batch_invariant(sampler: Any) -> bool:
+def evaluation_batch_invariant(sampler: Sampler) -> bool:
     """Whether greedy evaluation runs batch-invariant: with a backend that can
-    (``batch_invariant`` on its class: vLLM) on CUDA. Phase A evaluates the base model on all
+    (``batch_invariant_mode``: vLLM) on CUDA. Phase A evaluates the base model on all
     of a node's GPUs, phase B the trained model on one; without it a response depends on the
     batch it ran in, and trained - base would carry batching noise on top of training's effect.
     Not on a CPU: vLLM's CPU attention has no batch-invariant mode (its backend does not
     declare ``supports_batch_invariance``), and a CPU's batches are the same either way here
     (tests/engines: two engines write what one writes)."""
-    return hasattr(type(sampler), "batch_invariant") and launch.cuda_available()
+    return sampler.batch_invariant_mode and launch.cuda_available()
 
 
 def isolation(setting: Any) -> bool:
@@ -566,13 +561,6 @@ def data_parallel(sampler: Any, prompts: int) -> tuple[int, int]:
     if size == "auto":
         size = max(1, len(launch.visible_devices()) // per_worker)
     return max(1, min(int(size), max(prompts, 1))), per_worker
-
-
-def sampler_node(sampler: Any) -> dict[str, Any]:
-    """What a generate worker builds its backend from: ``_target_`` and the constructor's
-    keyword arguments (the driver's own fields left out)."""
-    node = dataclasses.asdict(sampler) if dataclasses.is_dataclass(sampler) else dict(sampler)
-    return {k: v for k, v in node.items() if k not in DRIVER_FIELDS}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -13,27 +13,21 @@ Spec (JSON, written by the driver):
 - ``out``: the JSON Lines file to write, one row per prompt, in order:
   ``{"texts": [...], "token_entropy": [...] or null}``;
 - ``chunk_prompts``: prompts per ``generate`` call; each chunk's rows are written as it
-  returns, so memory holds one chunk, not the stage's output.
+  returns, so memory holds one chunk, not the stage's output;
+- ``imports``: the run's ``imports`` (a backend of yours is found beside them).
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from east.sampling_params import SamplingParams
+from east.checks import import_user_modules
+from east.samplers.base import Sampler, SamplingParams, build_sampler
 from east.stages.launch import check_device_memory
-
-
-def build_sampler(node: dict[str, Any], dtype: str) -> Any:
-    """The backend a sampler config names (without Hydra: workers never import it)."""
-    kwargs = {k: v for k, v in node.items() if k != "_target_"}
-    module, _, name = node["_target_"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**kwargs, dtype=dtype)
 
 
 def _rows(path: Path) -> Iterator[dict[str, Any]]:
@@ -43,22 +37,21 @@ def _rows(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def run(spec: dict[str, Any], sampler: Any = None) -> None:
+def run(spec: dict[str, Any], sampler: Sampler | None = None) -> None:
     """Generate for every prompt of ``spec`` and write the rows (``sampler``: a backend
     already built, when the driver runs this inline)."""
     own = sampler is None
     if own:
+        import_user_modules(spec.get("imports") or [])  # and the current folder on the path
         sampler = build_sampler(spec["sampler"], spec["dtype"])
     params = SamplingParams(**spec["params"])
     prompts = Path(spec["prompts"])
-    if getattr(sampler, "max_model_len", False) is None:  # vLLM: size its KV reserve to this shard
-        longest = max((len(r["token_ids"]) for r in _rows(prompts)), default=1)
-        sampler.max_model_len = longest + params.max_new_tokens
-    required = getattr(sampler, "required_device_memory", None)
+    longest = max((len(r["token_ids"]) for r in _rows(prompts)), default=1)
+    sampler.fit_prompts(longest + params.max_new_tokens)
     check_device_memory(
-        required(spec["model_path"]) if required else None, f"generating with {spec['model_path']}"
+        sampler.required_device_memory(spec["model_path"]), f"generating with {spec['model_path']}"
     )
-    kwargs = {"token_entropy": True} if spec.get("token_entropy") else {}
+    token_entropy = bool(spec.get("token_entropy"))
     chunk = max(1, int(spec.get("chunk_prompts", 1024)))
     out = Path(spec["out"])
     try:
@@ -70,15 +63,14 @@ def run(spec: dict[str, Any], sampler: Any = None) -> None:
                     [r["token_ids"] for r in batch],
                     [r["seeds"] for r in batch],
                     params,
-                    **kwargs,
+                    token_entropy=token_entropy,
                 )
                 entropy = generation.token_entropy or [None] * len(batch)
                 for texts, ent in zip(generation.texts, entropy, strict=True):
                     f.write(json.dumps({"texts": texts, "token_entropy": ent}, ensure_ascii=False) + "\n")
     finally:
-        close = getattr(sampler, "close", None)
-        if own and close is not None:
-            close()
+        if own:
+            sampler.close()
 
 
 def main() -> None:

@@ -407,7 +407,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from east.prompts import PAPER_SYSTEM, build_prompts
-    from east.sampling import HFSampler, SamplingParams, sample_seed
+    from east.samplers import SamplingParams, sample_seed
+    from east.samplers.hf import HFSampler
 
     tok = AutoTokenizer.from_pretrained(out)
     prompts = build_prompts(tok, questions(args.prompts), PAPER_SYSTEM)
@@ -418,7 +419,7 @@ def main() -> None:
     result["hf_sampler_tokens_per_second"] = round(sampler.tokens_generated / sampler.seconds, 1)
 
     try:
-        from east.sampling_vllm import VLLMSampler
+        from east.samplers.vllm import VLLMSampler
     except ImportError as e:
         result["vllm_tokens_per_second"] = None
         result["vllm"] = f"not installed ({e.__class__.__name__}): its wheel alone exceeds the 64 MiB bundle"

@@ -1,5 +1,5 @@
 """HF generate against vLLM on the same requests, side by side, through east's two sampler
-backends (east.sampling.HFSampler, east.sampling_vllm.VLLMSampler) on one machine.
+backends (east.samplers.hf.HFSampler, east.samplers.vllm.VLLMSampler) on one machine.
 
     python experiments/benchmarks/sampler_throughput.py [--prompts 200] [--n 8] [--tokens 32] [--pairs 3]
 
@@ -52,8 +52,9 @@ def main() -> None:
     from east.data.arith import ArithConfig, generate
     from east.models import load_tokenizer
     from east.prompts import build_prompts
-    from east.sampling import HFSampler, SamplingParams, sample_seed
-    from east.sampling_vllm import VLLMSampler
+    from east.samplers import SamplingParams, sample_seed
+    from east.samplers.hf import HFSampler
+    from east.samplers.vllm import VLLMSampler
 
     model = build(Path(tempfile.mkdtemp()) / "model")
     questions = [p.question for p in generate(ArithConfig(train_size=args.prompts))["train"]][: args.prompts]

@@ -36,7 +36,8 @@ def main() -> None:
     from east.data import load_splits
     from east.grading import grade_questions
     from east.prompts import build_prompts
-    from east.sampling import HFSampler, SamplingParams
+    from east.samplers import SamplingParams
+    from east.samplers.hf import HFSampler
     from east.stages.base_model import warm_up_tiny
 
     register_configs()

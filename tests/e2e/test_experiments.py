@@ -98,7 +98,7 @@ def test_slurm_launcher_composes():
 def test_paper_scale_cells_sample_with_vllm_and_8b_cells_shard():
     for name in EXPERIMENTS:
         cfg = _compose([f"experiment={name}"])
-        assert cfg.sampler._target_ == "east.sampling_vllm.VLLMSampler", name
+        assert cfg.sampler._target_ == "east.samplers.vllm.VLLMSampler", name
         assert cfg.model.chat_template == "llama3_paper", name
         assert cfg.distributed.num_processes == (8 if name.startswith("llama8b") else 1), name
         assert cfg.objective.trainer.get("lr_scheduler_type", "linear") == "linear", name

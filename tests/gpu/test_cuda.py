@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from east.sampling import HFSampler, SamplingParams, sample_seed
+from east.samplers import SamplingParams, sample_seed
+from east.samplers.hf import HFSampler
 
 pytestmark = pytest.mark.gpu
 

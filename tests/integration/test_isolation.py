@@ -44,7 +44,7 @@ def _fake_vllm(monkeypatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.syspath_prepend(str(FAKES))
     monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.samplers.vllm", raising=False)
     return log
 
 
@@ -136,7 +136,7 @@ def test_generate_worker_memory_is_bounded_by_its_chunk(tmp_path, monkeypatch):
     of vLLM's outputs, not the stage's: its peak memory barely grows with 8x the prompts."""
     monkeypatch.syspath_prepend(str(FAKES))
     monkeypatch.delitem(__import__("sys").modules, "vllm", raising=False)
-    monkeypatch.delitem(__import__("sys").modules, "east.sampling_vllm", raising=False)
+    monkeypatch.delitem(__import__("sys").modules, "east.samplers.vllm", raising=False)
     from east.stages import generate
 
     def peak(prompts: int, chunk_requests: int, chunk_prompts: int = 16) -> int:
@@ -148,7 +148,7 @@ def test_generate_worker_memory_is_bounded_by_its_chunk(tmp_path, monkeypatch):
         spec = {
             "model_path": "/fake",
             "dtype": "auto",
-            "sampler": {"_target_": "east.sampling_vllm.VLLMSampler", "chunk_requests": chunk_requests},
+            "sampler": {"_target_": "east.samplers.vllm.VLLMSampler", "chunk_requests": chunk_requests},
             "params": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32},
             "prompts": str(folder / "prompts.jsonl"),
             "token_entropy": True,
@@ -188,7 +188,7 @@ def test_device_groups_and_shards(monkeypatch):
 
 
 def test_data_parallel_auto_uses_every_device_group(monkeypatch):
-    from east.config import VLLMSamplerConfig
+    from east.samplers.vllm import VLLMSamplerConfig
     from east.stages.driver import data_parallel
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")

@@ -466,7 +466,7 @@ def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
 
     comments = {
         m: (lambda s: "# a new comment\n" + s.replace("\n\n", "\n\n# and another\n", 1))
-        for m in ("east.stages.train", "east.grading.grade", "east.sampling")
+        for m in ("east.stages.train", "east.grading.grade", "east.samplers.hf")
     }
     assert keys_after(comments) == base
     assert keys_after({"east.report": lambda s: s + "\nUNUSED = 1\n"}) == base  # no stage reads it

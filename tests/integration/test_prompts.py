@@ -58,7 +58,7 @@ def test_paper_template_gives_the_same_prompt_on_any_day(monkeypatch, llama3_dir
 def test_sample_and_evaluate_keys_carry_the_prompt_digest(monkeypatch, llama3_dir, tmp_path):
     from east.config import validate
     from east.data import Problem
-    from east.sampling import HFSampler
+    from east.samplers.hf import HFSampler
     from east.stages import driver as stages_module
     from east.stages.driver import Stages
     from east.tracking import NullLogger
@@ -112,7 +112,8 @@ def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(
 
     from east.models import load_tokenizer
     from east.prompts import messages
-    from east.sampling import HFSampler, SamplingParams
+    from east.samplers import SamplingParams
+    from east.samplers.hf import HFSampler
     from east.training import WeightedDPOTrainer, WeightedSFTTrainer
 
     tok = load_tokenizer(str(llama3_dir), "llama3_paper")
@@ -178,8 +179,8 @@ def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(
 
     module.LLM, module.SamplingParams = LLM, lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.delitem(sys.modules, "east.sampling_vllm", raising=False)
-    from east.sampling_vllm import VLLMSampler
+    monkeypatch.delitem(sys.modules, "east.samplers.vllm", raising=False)
+    from east.samplers.vllm import VLLMSampler
 
     VLLMSampler().generate(str(llama3_dir), prompts.token_ids, [[0]] * 2, SamplingParams(n=1, temperature=0))
     assert [r["prompt_token_ids"] for r in calls["requests"]] == prompts.token_ids

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from east.sampling import HFSampler, SamplingParams, sample_seed
+from east.samplers import SamplingParams, sample_seed
+from east.samplers.hf import HFSampler
 
 
 def test_seeds_are_pure_functions_of_question_sample_and_round():
@@ -66,7 +67,7 @@ def fake_vllm(monkeypatch, tmp_path):
     monkeypatch.setenv("EAST_FAKE_VLLM_LOG", str(log))
     monkeypatch.syspath_prepend(str(FAKES))
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    monkeypatch.delitem(sys.modules, "east.sampling_vllm", raising=False)
+    monkeypatch.delitem(sys.modules, "east.samplers.vllm", raising=False)
 
     def events():
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
@@ -75,7 +76,7 @@ def fake_vllm(monkeypatch, tmp_path):
 
 
 def test_vllm_backend_keeps_the_seed_contract(fake_vllm):
-    from east.sampling_vllm import VLLMSampler
+    from east.samplers.vllm import VLLMSampler
 
     sampler = VLLMSampler(tensor_parallel_size=2, dtype="bf16", chunk_requests=3)
     seeds = [[11, 12], [21, 22]]
@@ -106,7 +107,7 @@ def test_vllm_backend_keeps_the_seed_contract(fake_vllm):
 
 
 def test_top_k_entropy_is_tempered_and_renormalised():
-    from east.sampling_vllm import mean_top_k_entropy
+    from east.samplers.vllm import mean_top_k_entropy
 
     step = {1: math.log(0.6), 2: math.log(0.3), 3: -math.inf}
     p = [0.6 / 0.9, 0.3 / 0.9]
@@ -118,7 +119,10 @@ def test_top_k_entropy_is_tempered_and_renormalised():
 
 
 def test_missing_vllm_says_how_to_install(monkeypatch):
+    """The module loads without vLLM (the config check reads its class); building an engine
+    says how to install it."""
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
-    monkeypatch.delitem(sys.modules, "east.sampling_vllm", raising=False)
+    monkeypatch.delitem(sys.modules, "east.samplers.vllm", raising=False)
+    module = importlib.import_module("east.samplers.vllm")
     with pytest.raises(ImportError, match=r"pip install 'east\[vllm\]'"):
-        importlib.import_module("east.sampling_vllm")
+        module.VLLMSampler()

@@ -69,7 +69,7 @@ def test_every_function_a_stage_runs_is_in_its_key(tmp_path, monkeypatch):
         threading.settrace(None)
     assert not any(s["cached"] for s in results["stages"].values() if isinstance(s, dict) and "cached" in s)
     assert set(calls) == set(STAGE_METHODS)
-    from east.sampling import HFSampler
+    from east.samplers.hf import HFSampler
     from east.weighting import get_mapping
 
     extra = {

@@ -1,62 +1,29 @@
-"""Samplers: n responses per prompt, each one's randomness a pure function of its seed.
-
-The contract every backend keeps: ``generate(model_path, prompts, seeds, params,
-token_entropy=False)`` takes each prompt as token ids (tokenized once by
-:func:`east.prompts.build_prompts`, so every backend sees the same ids) and returns a
-:class:`Generation`: for prompt i, one response per seed in ``seeds[i]``, in that order.
-Temperature 0 is greedy decoding. Seeds come from :func:`sample_seed` (question id, sample
-index, round). With ``token_entropy=True`` (asked only when a mapping reads it) a backend
-also returns, per prompt and response, the mean entropy (nats) of the sampling distribution
-over the response's tokens. ``close()`` (optional) releases the loaded model.
-
-Backends are built by ``hydra.utils.instantiate`` from ``conf/sampler/*.yaml`` (``_target_``):
-:class:`HFSampler` here, ``east.sampling_vllm.VLLMSampler``, or a class of your own that
-keeps the contract (a backend without the ``token_entropy`` argument is never asked for
-entropies). ``cache_key`` is what of the backend shapes its samples: it goes into the keys
-of the stages that generate. The HF backend gives the same response for the same (prompt,
-seed) whatever the batch or process it runs in; vLLM does only with
-``sampler.batch_invariant=true``.
-"""
+"""The Hugging Face backend (``sampler=hf``): batched ``transformers.generate``, each
+response sampled with its own seeded generator, so a (prompt, seed) gives the same response
+whatever the batch or process it runs in."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from east.sampling_params import SamplingParams
-from east.selection import derive_seed
-
-__all__ = ["Generation", "HFSampler", "Sampler", "SamplingParams", "check_token_ids", "sample_seed"]
+from east.checks import check_int
+from east.samplers.base import Generation, Sampler, SamplerConfig, SamplingParams, check_token_ids
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What ``generate`` returns: per prompt, its responses in seed order, and (backends that
-    record it, when sampling) each response's mean token entropy in nats."""
+@dataclass
+class HFSamplerConfig(SamplerConfig):
+    """``sampler=hf`` (conf/sampler/hf.yaml)."""
 
-    texts: list[list[str]]
-    token_entropy: list[list[float]] | None = None
+    _target_: str = "east.samplers.hf.HFSampler"
+    batch_size: int = 64  # rows (prompt x sample) per generate call
 
-
-def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str) -> int:
-    """The seed of one response: a pure function of (run seed, question, sample index, round)."""
-    return derive_seed(base_seed, question_id, index, round_) % (2**63)
-
-
-class Sampler(Protocol):
-    cache_key: Any
-
-    def generate(
-        self,
-        model_path: str,
-        prompts: list[list[int]],
-        seeds: list[list[int]],
-        params: SamplingParams,
-        token_entropy: bool = False,
-    ) -> Generation: ...
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("sampler.batch_size", self.batch_size, 1, 1 << 20)
 
 
 class SeededGumbelSampling:
@@ -94,10 +61,12 @@ class SeededGumbelSampling:
         return scores + gumbel
 
 
-class HFSampler:
+class HFSampler(Sampler):
     """Batched ``transformers.generate``: prompts grouped by length, n rows per prompt. The
     model stays loaded across calls with the same path until :meth:`close`."""
 
+    Config = HFSamplerConfig
+    returns_token_entropy = True
     #: The backend shapes its samples by nothing beyond its name (batching does not matter).
     cache_key = "hf"
 
@@ -206,17 +175,6 @@ class HFSampler:
         bar.close()
         self.seconds += time.perf_counter() - start
         return Generation(out, entropy if record else None)
-
-
-def check_token_ids(prompts: list[list[int]]) -> list[list[int]]:
-    """Prompts must arrive tokenized (east.prompts.build_prompts), never as text."""
-    for i, p in enumerate(prompts):
-        if isinstance(p, str) or not all(isinstance(t, int) for t in p):
-            raise TypeError(
-                f"prompt {i} is not a list of token ids; tokenize once with east.prompts.build_prompts "
-                "so that every backend sees the same ids"
-            )
-    return prompts
 
 
 def _mean_until_eos(step_entropy: list[torch.Tensor], new_tokens: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -21,7 +21,8 @@ vLLM's response to a (prompt, seed) can depend on the batch it ran in unless
 
 Prompts go in as token ids (``{"prompt_token_ids": ...}``): vLLM tokenizes text prompts with
 special tokens, which would put a second ``<|begin_of_text|>`` before a rendered Llama-3
-prompt. Install with ``pip install 'east[vllm]'`` (CUDA only).
+prompt. Install with ``pip install 'east[vllm]'`` (CUDA; or its CPU build). This module imports vLLM only
+when an engine is built: the config check reads the class without it.
 """
 
 from __future__ import annotations
@@ -29,17 +30,22 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from east.sampling import Generation, SamplingParams, check_token_ids
+from east.checks import check_choice, check_int, check_real
+from east.samplers.base import Generation, Sampler, SamplerConfig, SamplingParams, check_token_ids
 
-try:
-    import vllm
-except ImportError as e:  # pragma: no cover - exercised through the error message test
-    raise ImportError(
-        "sampler=vllm needs vLLM, which is not installed: pip install 'east[vllm]' "
-        "(CUDA only; or use sampler=hf)"
-    ) from e
+INSTALL = "pip install 'east[vllm]' (CUDA only; or use sampler=hf)"
+
+
+def _vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"sampler=vllm needs vLLM, which is not installed: {INSTALL}") from e
+    return vllm
+
 
 #: Our dtype names -> vLLM's (vllm/config/model.py ModelDType).
 VLLM_DTYPES = {
@@ -53,15 +59,48 @@ VLLM_DTYPES = {
 }
 
 
-class VLLMSampler:
+@dataclass
+class VLLMSamplerConfig(SamplerConfig):
+    """``sampler=vllm`` (conf/sampler/vllm.yaml)."""
+
+    _target_: str = "east.samplers.vllm.VLLMSampler"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    entropy_top_k: int = 20  # log-probs per token for token entropies (0: none)
+    max_model_len: int | None = None  # null: the longest prompt plus the new tokens
+    batch_invariant: bool = False  # VLLM_BATCH_INVARIANT=1: responses independent of batching
+    chunk_requests: int = 4096  # requests per LLM.generate call
+    # auto: off without CUDA (vLLM's CPU runner cannot rewind a seeded request's generator
+    # after a partial prefill), vLLM's default (on) with it.
+    chunked_prefill: Any = "auto"
+    enforce_eager: bool = False  # no graph capture / compilation: faster start, slower steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("sampler.tensor_parallel_size", self.tensor_parallel_size, 1, 1024)
+        check_real("sampler.gpu_memory_utilization", self.gpu_memory_utilization, 0.01, 1.0)
+        check_int("sampler.entropy_top_k", self.entropy_top_k, 0, 1000)
+        check_int("sampler.max_model_len", self.max_model_len, 1, 1 << 22, optional=True)
+        check_int("sampler.chunk_requests", self.chunk_requests, 1, 1 << 24)
+        check_choice("sampler.chunked_prefill", self.chunked_prefill, ("auto", True, False))
+
+
+#: vLLM's CPU attention backend takes head dimensions from 32 up (a tiny model of head_dim 16
+#: fails at its first generate, inside the engine).
+CPU_MIN_HEAD_DIM = 32
+
+
+class VLLMSampler(Sampler):
     #: vLLM gives its memory back only when its process exits: it always generates in a
     #: worker process, whatever isolate_stages says.
     own_process = True
     #: It can run batch-invariant (VLLM_BATCH_INVARIANT=1): the driver asks for it in greedy
     #: evaluation on CUDA (east.stages.driver.evaluation_batch_invariant).
-    batch_invariant = False
-    #: Packages whose versions shape its output: in the generating stages' keys.
+    batch_invariant_mode = True
+    returns_token_entropy = True
+    Config = VLLMSamplerConfig
     libraries = ("vllm",)
+    install_hint = INSTALL
 
     def __init__(
         self,
@@ -75,6 +114,7 @@ class VLLMSampler:
         chunked_prefill: bool | str = "auto",
         enforce_eager: bool = False,
     ):
+        _vllm()  # not installed: one line saying how to get it, before anything else
         if dtype not in VLLM_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} for vLLM; allowed: {', '.join(VLLM_DTYPES)}")
         self.entropy_top_k = entropy_top_k
@@ -94,14 +134,44 @@ class VLLMSampler:
             self.kwargs["enforce_eager"] = True
         #: Token entropies come from the top-k log-probs, and batch-invariant kernels change
         #: the numbers: both shape the samples.
-        self.cache_key: Any = {"name": "vllm", "entropy_top_k": entropy_top_k}
+        self._key: dict[str, Any] = {"name": "vllm", "entropy_top_k": entropy_top_k}
         if batch_invariant:
-            self.cache_key["batch_invariant"] = True
+            self._key["batch_invariant"] = True
         if enforce_eager:  # other kernels: float results may differ from the compiled graph's
-            self.cache_key["enforce_eager"] = True
+            self._key["enforce_eager"] = True
         self._engine: tuple[str, Any] | None = None
         self.tokens_generated = 0
         self.seconds = 0.0
+
+    @property
+    def cache_key(self) -> dict[str, Any]:
+        return self._key
+
+    def fit_prompts(self, longest: int) -> None:
+        """Unless ``max_model_len`` is set, reserve KV for this shard's longest request only."""
+        if self.max_model_len is None:
+            self.max_model_len = longest
+
+    @classmethod
+    def config_problem(cls, config: Any) -> tuple[str, Any, str] | None:
+        """On a CPU, a tiny model whose attention heads vLLM's CPU backend cannot run: one line
+        naming head_dim, before the warm-up."""
+        import torch
+
+        tiny = config.model.tiny
+        if tiny is None or torch.cuda.is_available():
+            return None
+        head_dim = tiny.hidden_size // tiny.num_heads
+        if head_dim >= CPU_MIN_HEAD_DIM:
+            return None
+        return (
+            "model.tiny.num_heads",
+            tiny.num_heads,
+            f"the tiny model's head_dim is {tiny.hidden_size} / {tiny.num_heads} = {head_dim}, and vLLM's CPU "
+            f"attention needs head_dim >= {CPU_MIN_HEAD_DIM}: use sampler=hf, or fewer heads "
+            f"(model.tiny.num_heads={max(1, tiny.hidden_size // CPU_MIN_HEAD_DIM)}; debug=fast's model has "
+            "head_dim 32)",
+        )
 
     def required_device_memory(self, model_path: str) -> int | None:
         """vLLM's own start-up check: its share of the device's memory must be free."""
@@ -119,7 +189,7 @@ class VLLMSampler:
             kwargs = dict(self.kwargs)
             kwargs["max_model_len"] = self.max_model_len or longest
             kwargs.update(prefill_settings(self.chunked_prefill, kwargs["max_model_len"]))
-            self._engine = (model_path, vllm.LLM(model=model_path, **kwargs))
+            self._engine = (model_path, _vllm().LLM(model=model_path, **kwargs))
         return self._engine[1]
 
     def close(self) -> None:
@@ -139,6 +209,7 @@ class VLLMSampler:
         prompts = check_token_ids(prompts)
         longest = max((len(p) for p in prompts), default=1) + params.max_new_tokens
         llm = self._llm(model_path, longest)
+        vllm = _vllm()
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         record = token_entropy and params.temperature > 0 and self.entropy_top_k > 0
         out: list[list[str]] = [[""] * len(s) for s in seeds]
