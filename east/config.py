@@ -694,7 +694,7 @@ TRAINER_RANGES: dict[str, tuple[type, float, float, bool, bool]] = {
 
 def _check_trainer_settings(c: Config) -> None:
     from east.objectives import get_objective
-    from east.training import RESERVED
+    from east.objectives.base import RESERVED
 
     name = c.objective.name
     config_cls = get_objective(name).config_class()

@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig
 
-from east.training import WeightedDPOTrainer
+from east.objectives.dpo.trainer import WeightedDPOTrainer
 
 
 def say(role: str, text: str) -> list[dict]:

@@ -23,6 +23,8 @@ from east.objectives.base import (
 from east.objectives import sft  # noqa: F401
 from east.objectives import dpo  # noqa: F401
 from east.objectives import kto  # noqa: F401
+from east.objectives import orpo  # noqa: F401
+from east.objectives import simpo  # noqa: F401
 # isort: on
 
 __all__ = [

@@ -9,6 +9,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+#: Trainer settings the train stage (east.stages.train) sets itself: a config value for one is
+#: refused by the config check.
+RESERVED = (
+    "output_dir",
+    "seed",
+    "data_seed",
+    "report_to",
+    "use_cpu",
+    "save_strategy",
+    "bf16",
+    "fp16",
+    "logging_nan_inf_filter",
+)
+
+
+def loss_type_problem(types: Any, allowed: frozenset[str]) -> str | None:
+    """Why ``types`` (a loss type or a list of them) cannot be weighted per example: the first
+    not in ``allowed``, the types whose per-example loss reads only that example's rows."""
+    for t in [types] if isinstance(types, str) else list(types):
+        if t not in allowed:
+            return (
+                f"loss_type {t!r} is not among the types whose per-example loss reads only that "
+                f"example's rows ({', '.join(sorted(allowed))}), so a per-example weight would not be exact"
+            )
+    return None
+
 
 def _no_options(objective_config: Any) -> dict[str, Any]:
     return {}

@@ -32,8 +32,8 @@ def warm_up_tiny(
 
     from east.data.arith import warmup_completion
     from east.models import build_tiny_model, build_tiny_tokenizer
+    from east.objectives.sft.trainer import WeightedSFTTrainer
     from east.stages.save import save_trained
-    from east.training import WeightedSFTTrainer
 
     get = tiny.get if isinstance(tiny, dict) else lambda k: getattr(tiny, k)
     texts = [p.question + " " + warmup_completion(p) for p in warmup]

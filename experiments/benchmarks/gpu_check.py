@@ -333,7 +333,7 @@ IMPORTS = [
     ("hydra", "east's configs"),
     ("omegaconf", "east's configs"),
     ("math_verify", "grading (--pipeline)"),
-    ("east.training", "the weighted trainers"),
+    ("east.objectives.dpo.trainer", "the weighted trainers"),
     ("east.stages.driver", "the stages (--pipeline)"),
 ]
 #: Imported when present, and reported: what runs depends on them.

@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paired import paired_times, ratio_with_interval
 
 from east.models import build_tiny_model, build_tiny_tokenizer, resolve_dtype
-from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
+from east.objectives.dpo.trainer import WeightedDPOTrainer
+from east.objectives.kto.trainer import WeightedKTOTrainer
+from east.objectives.sft.trainer import WeightedSFTTrainer
 
 warnings.filterwarnings("ignore")
 SYSTEM = {

@@ -28,7 +28,7 @@ register_objective(
         name="sft_few",
         build=build_few,
         columns=("prompt", "completion", "weight"),
-        trainer="east.training:WeightedSFTTrainer",
+        trainer="east.objectives.sft.trainer:WeightedSFTTrainer",
         config="trl:SFTConfig",
         label="SFT-few",
     )

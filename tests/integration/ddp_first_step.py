@@ -11,7 +11,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, SFTConfig
 
-from east.training import WeightedDPOTrainer, WeightedSFTTrainer
+from east.objectives.dpo.trainer import WeightedDPOTrainer
+from east.objectives.sft.trainer import WeightedSFTTrainer
 
 model_dir, out_path, per_device = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sys_msg = {"role": "system", "content": "Please reason step by step."}

@@ -12,14 +12,17 @@ examples each rank saw.
 
 import json
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: tests.integration
 
 import torch
 from datasets import Dataset
 from torch.utils.data import SequentialSampler
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, KTOConfig, SFTConfig
 
-from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
+from east.objectives import get_objective
+from tests.integration.trainer_runs import CLASSES, DDP_SETTINGS
 
 objective, model_dir, rows_path, out_path = sys.argv[1:5]
 windows = json.loads(open(sys.argv[5]).read()) if len(sys.argv) > 5 else None
@@ -27,11 +30,7 @@ rows = json.loads(open(rows_path).read())
 for i, r in enumerate(rows):
     r["weight"] = float(r["weight"])
     r["index"] = i
-cls, config = {
-    "sft": (WeightedSFTTrainer, SFTConfig),
-    "dpo": (WeightedDPOTrainer, DPOConfig),
-    "kto": (WeightedKTOTrainer, KTOConfig),
-}[objective]
+cls, _, config = CLASSES[objective]
 seen: list[int] = []
 
 
@@ -52,9 +51,7 @@ class Ordered(cls):
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-extra = {"loss_type": "apo_zero_unpaired"} if objective == "kto" else {}
-if objective != "sft":
-    extra["beta"] = 0.1
+extra = dict(DDP_SETTINGS[objective])
 args = config(
     output_dir=f"{out_path}.out",
     report_to=[],
@@ -98,7 +95,8 @@ class IndexCollator:
 
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-ref = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if objective != "sft" else {}
+reference_model = get_objective(objective).reference_model
+ref = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if reference_model else {}
 trainer = Ordered(
     model=model,
     args=args,

@@ -1,6 +1,8 @@
-"""An independent reference for the weighted trainers: per-example SFT, DPO and KTO losses in
-plain torch (no TRL), from the tokenizer's chat template and one unpadded forward per
-sequence, and the gradient of an optimiser step, sum_i w_i * grad(loss_i) / N.
+"""An independent reference for the weighted trainers: per-example SFT, DPO, KTO, ORPO and
+SimPO losses in plain torch (no TRL loss code), from the tokenizer's chat template (ORPO,
+SimPO: from the token ids TRL's experimental trainers prepare, whose tokenization differs)
+and one unpadded forward per sequence, and the gradient of an optimiser step,
+sum_i w_i * grad(loss_i) / N.
 
 It shares nothing with TRL but the model and tokenizer: a TRL upgrade that changes what the
 weighted trainers compute fails a test here, not a paper.
@@ -94,7 +96,47 @@ def per_example_losses(objective: str, model, ref_model, tokenizer, rows: list[d
             else:
                 raise ValueError(loss_type)
         return torch.stack(losses)
+    if objective in ("orpo", "simpo"):
+        return torch.stack([_paired_loss(objective, model, t, **kw) for t in kw["tokenized"]])
     raise ValueError(objective)
+
+
+def _sequence(model, ids: list[int], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean NLL over every token after the first, mean and sum of the log-probs of the tokens
+    ``labels`` does not mask with -100) of one unpadded sequence."""
+    x = torch.tensor([ids])
+    logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
+    token = logp.gather(-1, x[0, 1:, None]).squeeze(-1)
+    mask = torch.tensor(labels[1:]) != -100
+    return -token.mean(), token[mask].mean(), token[mask].sum()
+
+
+def _paired_loss(objective: str, model, t: dict, **kw) -> torch.Tensor:
+    """ORPO (``beta``): nll_chosen - beta * log sigmoid(log odds ratio of the mean completion
+    log-probs), its NLL over the whole chosen sequence. SimPO / CPO (``loss_type`` simpo or
+    sigmoid, ``beta``, ``simpo_gamma``, ``cpo_alpha``): -log sigmoid(beta * margin - gamma)
+    with simpo's length-normalised margin (sigmoid's: summed), plus cpo_alpha times the mean
+    NLL of the chosen completion."""
+    beta = kw.get("beta", 0.1)
+    nll_seq, chosen_mean, chosen_sum = _sequence(model, t["chosen_input_ids"], t["chosen_labels"])
+    _, rejected_mean, rejected_sum = _sequence(model, t["rejected_input_ids"], t["rejected_labels"])
+    if objective == "orpo":
+        log_odds = (chosen_mean - rejected_mean) - (
+            torch.log1p(-torch.exp(chosen_mean)) - torch.log1p(-torch.exp(rejected_mean))
+        )
+        return nll_seq - beta * F.logsigmoid(log_odds)
+    loss_type = kw.get("loss_type", "simpo")
+    if loss_type == "simpo":
+        margin = chosen_mean - rejected_mean - kw.get("simpo_gamma", 0.5) / beta
+    elif loss_type == "sigmoid":
+        margin = chosen_sum - rejected_sum
+    else:
+        raise ValueError(loss_type)
+    loss = -F.logsigmoid(beta * margin)
+    alpha = kw.get("cpo_alpha", 1.0)
+    if alpha:
+        loss = loss - alpha * chosen_mean
+    return loss
 
 
 def step_gradient(losses: torch.Tensor, weights: list[float], model) -> tuple[torch.Tensor, float]:

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from east import codeid
 from east.cache import StageCache, StageResult, stage_key
 from east.config import validate
+from east.objectives import objective_names
 from east.tracking import NullLogger
 from tests.helpers import compose as _compose
 
@@ -250,8 +251,11 @@ NOT_FLIPPED = {
     "dataset.test_sets": "see test_jsonl_fields",
     "objective.name": "a different objective: every trainer setting changes with it",
     "objective.trainer": "per key: test_objective_trainer_keys_...",
-    "model.trainer_overrides.dpo": "another objective's settings: not read by sft",
-    "model.trainer_overrides.kto": "another objective's settings: not read by sft",
+    **{
+        f"model.trainer_overrides.{name}": "another objective's settings: not read by sft"
+        for name in objective_names()
+        if name != "sft"
+    },
     "sampler._target_": "the backend: its cache_key (hf; vllm with entropy_top_k) is in the keys",
     "logger._target_": "where metrics go, never what they are",
     "paths.cache_dir": "where artifacts live",

@@ -111,10 +111,11 @@ def test_sampler_evaluator_trainer_and_vllm_see_the_same_prompt_ids(
     from trl import DPOConfig, SFTConfig
 
     from east.models import load_tokenizer
+    from east.objectives.dpo.trainer import WeightedDPOTrainer
+    from east.objectives.sft.trainer import WeightedSFTTrainer
     from east.prompts import messages
     from east.samplers import SamplingParams
     from east.samplers.hf import HFSampler
-    from east.training import WeightedDPOTrainer, WeightedSFTTrainer
 
     tok = load_tokenizer(str(llama3_dir), "llama3_paper")
     prompts = build_prompts(tok, QUESTIONS, SYSTEM)

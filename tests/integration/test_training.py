@@ -15,7 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from east.objectives import objective_names
-from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
+from east.objectives.dpo.trainer import WeightedDPOTrainer
+from east.objectives.kto.trainer import WeightedKTOTrainer
+from east.objectives.sft.trainer import WeightedSFTTrainer
 from tests.conftest import assistant, prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -385,7 +387,8 @@ def test_collator_and_model_wrapper_survive_pickle_and_copy(tiny_dir):
     import copy
     import pickle
 
-    from east.training import _RowWeightedModel, _WeightCollator
+    from east.training import RowWeightedModel as _RowWeightedModel
+    from east.training import WeightCollator as _WeightCollator
 
     collator = _WeightCollator(_Stack())
     for clone in (pickle.loads(pickle.dumps(collator)), copy.deepcopy(collator)):

@@ -10,10 +10,13 @@ import torch
 import transformers
 import trl
 from datasets import Dataset, IterableDataset
+from trl.experimental.cpo import CPOTrainer
+from trl.experimental.orpo import ORPOTrainer
 
 from east.objectives import objective_names
-from east.training import TrainerAssumptionError, WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
-from tests.integration.trainer_runs import make_trainer, one_step, params, reference, rel, rows
+from east.objectives.sft.trainer import WeightedSFTTrainer
+from east.training import TrainerAssumptionError
+from tests.integration.trainer_runs import CLASSES, make_trainer, one_step, params, reference, rel, rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -27,7 +30,7 @@ WINDOW = [[0, 1], [2]]
 def test_canary_the_step_example_count(objective, tiny_dir, monkeypatch):
     """transformers stops calling get_batch_samples per step: nothing would divide the loss
     by the step's examples."""
-    cls = {"sft": WeightedSFTTrainer, "dpo": WeightedDPOTrainer, "kto": WeightedKTOTrainer}[objective]
+    cls = CLASSES[objective][0]
     monkeypatch.setattr(cls, "get_batch_samples", transformers.Trainer.get_batch_samples)
     trainer = make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW)
     with pytest.raises(TrainerAssumptionError, match="get_batch_samples"):
@@ -50,14 +53,15 @@ def test_canary_the_weight_column_reaches_the_batch(tiny_dir, monkeypatch):
 
 @pytest.mark.parametrize("objective", objective_names())
 def test_canary_log_prob_rows(objective, tiny_dir):
-    """The fused forward returns log-probs for fewer rows than the batch has."""
+    """The forward returns log-probs (TRL's fused head) or logits (ORPO, CPO) for fewer rows
+    than the batch has."""
     trainer = make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW)
     forward = trainer.model.forward  # TRL's fused-head forward, on the instance
 
     def short_forward(*args, **kwargs):
         out = forward(*args, **kwargs)
-        if getattr(out, "log_probs", None) is not None:
-            out.log_probs = out.log_probs[:1]
+        field = "log_probs" if getattr(out, "log_probs", None) is not None else "logits"
+        setattr(out, field, getattr(out, field)[:1])
         return out
 
     trainer.model.forward = short_forward
@@ -65,13 +69,21 @@ def test_canary_log_prob_rows(objective, tiny_dir):
         trainer.train()
 
 
-@pytest.mark.parametrize(("objective", "parent"), [("dpo", trl.DPOTrainer), ("kto", trl.KTOTrainer)])
-def test_canary_the_policy_forward_goes_through_the_given_model(objective, parent, tiny_dir, monkeypatch):
+@pytest.mark.parametrize(
+    ("objective", "parent", "method"),
+    [
+        ("dpo", trl.DPOTrainer, "_compute_loss"),
+        ("kto", trl.KTOTrainer, "_compute_loss"),
+        ("orpo", ORPOTrainer, "get_batch_loss_metrics"),
+        ("simpo", CPOTrainer, "get_batch_loss_metrics"),
+    ],
+)
+def test_canary_the_policy_forward_goes_through_the_given_model(
+    objective, parent, method, tiny_dir, monkeypatch
+):
     """TRL calls ``self.model`` instead of the model handed to compute_loss."""
-    original = parent._compute_loss
-    monkeypatch.setattr(
-        parent, "_compute_loss", lambda self, model, inputs, ro: original(self, self.model, inputs, ro)
-    )
+    original = getattr(parent, method)
+    monkeypatch.setattr(parent, method, lambda self, model, *a, **k: original(self, self.model, *a, **k))
     trainer = make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW)
     with pytest.raises(TrainerAssumptionError, match="through the model given to compute_loss"):
         trainer.train()
@@ -83,6 +95,8 @@ def test_canary_the_policy_forward_goes_through_the_given_model(objective, paren
         ("sft", trl.SFTTrainer, r"sum\(-log_probs\) / label_mask.sum\(\)"),
         ("dpo", trl.DPOTrainer, "sum_t loss_weight_t"),
         ("kto", trl.KTOTrainer, r"nanmean\(losses\)"),
+        ("orpo", ORPOTrainer, r"-1 \* mean\(per-pair loss\) \+ 1 \* NLL"),
+        ("simpo", CPOTrainer, r"1 \* mean\(per-pair loss\) \+ 1 \* NLL"),
     ],
 )
 def test_canary_the_loss_decomposition(objective, parent, what, tiny_dir, monkeypatch):
@@ -116,12 +130,61 @@ def test_canary_dpo_rows_are_chosen_then_rejected(tiny_dir, monkeypatch):
 
 @pytest.mark.parametrize(
     ("objective", "loss_type"),
-    [("dpo", ["brand_new"]), ("dpo", ["aot"]), ("dpo", ["sft"]), ("kto", "brand_new")],
+    [
+        ("dpo", ["brand_new"]),
+        ("dpo", ["aot"]),
+        ("dpo", ["sft"]),
+        ("kto", "brand_new"),
+        ("simpo", "brand_new"),
+    ],
 )
 def test_canary_loss_types_are_allowlisted(objective, loss_type, tiny_dir):
     """A loss type TRL adds later (or one that mixes examples) is refused until checked."""
     with pytest.raises(ValueError, match="not among the types whose per-example loss"):
         make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW, loss_type=loss_type)
+
+
+@pytest.mark.parametrize(
+    ("objective", "parent", "method"),
+    [("orpo", ORPOTrainer, "odds_ratio_loss"), ("simpo", CPOTrainer, "cpo_loss")],
+)
+def test_canary_the_per_pair_loss_function_is_called(objective, parent, method, tiny_dir, monkeypatch):
+    """TRL renames or bypasses the per-pair loss function the weighted trainer reads."""
+    monkeypatch.setattr(CLASSES[objective][0], method, getattr(parent, method))
+    trainer = make_trainer(objective, tiny_dir, rows(objective, 3), WINDOW)
+    with pytest.raises(TrainerAssumptionError, match="per-pair losses once per batch"):
+        trainer.train()
+
+
+def test_canary_orpo_nll_is_a_plain_mean_cross_entropy(tiny_dir, monkeypatch):
+    """TRL label-smooths ORPO's NLL term: no longer a per-example mean the weights can scale."""
+    original = torch.nn.CrossEntropyLoss.__init__
+    monkeypatch.setattr(
+        torch.nn.CrossEntropyLoss,
+        "__init__",
+        lambda self, *a, **k: original(self, *a, **{**k, "label_smoothing": 0.1}),
+    )
+    trainer = make_trainer("orpo", tiny_dir, rows("orpo", 3), WINDOW)
+    with pytest.raises(TrainerAssumptionError, match="plain mean cross-entropy"):
+        trainer.train()
+
+
+def test_canary_paired_rows_follow_the_examples(tiny_dir, monkeypatch):
+    """TRL's paired collator reorders the chosen rows."""
+    from trl.experimental.utils import DPODataCollatorWithPadding
+
+    original = DPODataCollatorWithPadding.__call__
+
+    def reversed_chosen(self, features):
+        out = original(self, features)
+        for k in ("chosen_input_ids", "chosen_attention_mask", "chosen_labels"):
+            out[k] = out[k].flip(0)
+        return out
+
+    monkeypatch.setattr(DPODataCollatorWithPadding, "__call__", reversed_chosen)
+    trainer = make_trainer("orpo", tiny_dir, rows("orpo", 3), WINDOW)
+    with pytest.raises(TrainerAssumptionError, match="order of the examples"):
+        trainer.train()
 
 
 class _SequenceParallel:
@@ -177,7 +240,7 @@ def test_eval_packing_with_weights_is_refused(tiny_dir):
 
 
 def test_a_batch_with_some_weights_missing_is_refused():
-    from east.training import _WeightCollator
+    from east.training import WeightCollator as _WeightCollator
 
     collator = _WeightCollator(lambda examples: {"x": [e["x"] for e in examples]})
     assert "weight" not in collator([{"x": 1}, {"x": 2}])  # no weights at all: unweighted

@@ -17,9 +17,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from east.objectives import objective_names
-from east.training import DPO_ALLOWED, KTO_ALLOWED
+from east.objectives.dpo import DPO_ALLOWED
+from east.objectives.kto import KTO_ALLOWED
 from tests.integration.reference_losses import per_example_losses, step_gradient
-from tests.integration.trainer_runs import one_step, reference, rel, rows
+from tests.integration.trainer_runs import DDP_SETTINGS, one_step, reference, rel, rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -29,12 +30,19 @@ CASES = [
     ("dpo", {"loss_type": ["sigmoid"], "beta": 0.1}, {"loss_type": "sigmoid", "beta": 0.1}),
     ("dpo", {"loss_type": ["ipo"], "beta": 0.5}, {"loss_type": "ipo", "beta": 0.5}),
     ("kto", {"loss_type": "apo_zero_unpaired", "beta": 0.1}, {"loss_type": "apo_zero_unpaired", "beta": 0.1}),
+    # Beyond the paper: trl.experimental's ORPO and CPO (SimPO), no reference model.
+    ("orpo", {"beta": 0.5}, {"beta": 0.5}),
+    ("simpo", *[{"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.0}] * 2),
+    ("simpo", *[{"loss_type": "simpo", "beta": 2.0, "simpo_gamma": 1.0, "cpo_alpha": 0.5}] * 2),
+    ("simpo", *[{"loss_type": "sigmoid", "beta": 0.1, "cpo_alpha": 1.0}] * 2),
 ]
 
 
 @pytest.mark.parametrize("windows", [[[0, 1], [2]], [[0, 1, 2], [3], [4, 5]]], ids=["2-1", "3-1-2"])
 @pytest.mark.parametrize(
-    ("objective", "settings", "ref_settings"), CASES, ids=["sft", "dpo-sigmoid", "dpo-ipo", "kto-apo"]
+    ("objective", "settings", "ref_settings"),
+    CASES,
+    ids=["sft", "dpo-sigmoid", "dpo-ipo", "kto-apo", "orpo", "simpo", "simpo-nll", "cpo-sigmoid-nll"],
 )
 def test_one_step_is_the_reference_update(objective, settings, ref_settings, windows, tiny_dir):
     n = sum(map(len, windows))
@@ -161,8 +169,7 @@ def test_two_gloo_processes_take_the_reference_step(objective, tiny_dir, tmp_pat
     result = json.loads(out.read_text())
     expected_split = [[0, 1, 4, 5], [2, 3, 6]] if windows is None else [[0, 1, 2], [3, 4, 5]]
     assert result["world_size"] == 2 and result["rank_examples"] == expected_split
-    settings = {"loss_type": "apo_zero_unpaired"} if objective == "kto" else {}
-    expected, value = reference(objective, tiny_dir, data, beta=0.1, **settings)
+    expected, value = reference(objective, tiny_dir, data, **DDP_SETTINGS[objective])
     assert rel(torch.tensor(result["update"]), expected) <= 1e-5
     assert result["log"]["loss_weighted"] == pytest.approx(value, rel=1e-5)
     assert result["log"]["weight_max"] == max(r["weight"] for r in data)

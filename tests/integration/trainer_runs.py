@@ -7,8 +7,15 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+from trl.experimental.cpo import CPOConfig, CPOTrainer
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from east.training import WeightedDPOTrainer, WeightedKTOTrainer, WeightedSFTTrainer
+from east.objectives import get_objective
+from east.objectives.dpo.trainer import WeightedDPOTrainer
+from east.objectives.kto.trainer import WeightedKTOTrainer
+from east.objectives.orpo.trainer import WeightedORPOTrainer
+from east.objectives.sft.trainer import WeightedSFTTrainer
+from east.objectives.simpo.trainer import WeightedCPOTrainer
 from tests.conftest import assistant, prompt
 from tests.integration.reference_losses import per_example_losses, step_gradient
 
@@ -24,7 +31,7 @@ def rows(objective: str, n: int) -> list[dict]:
         w = WEIGHTS[a - 1]
         if objective == "sft":
             out.append({"prompt": p, "completion": good, "weight": w})
-        elif objective == "dpo":
+        elif objective in ("dpo", "orpo", "simpo"):
             out.append({"prompt": p, "chosen": good, "rejected": bad, "weight": w})
         else:
             out.append({"prompt": p, "completion": good if a % 2 else bad, "label": bool(a % 2), "weight": w})
@@ -35,6 +42,18 @@ CLASSES = {
     "sft": (WeightedSFTTrainer, SFTTrainer, SFTConfig),
     "dpo": (WeightedDPOTrainer, DPOTrainer, DPOConfig),
     "kto": (WeightedKTOTrainer, KTOTrainer, KTOConfig),
+    "orpo": (WeightedORPOTrainer, ORPOTrainer, ORPOConfig),
+    "simpo": (WeightedCPOTrainer, CPOTrainer, CPOConfig),
+}
+
+
+#: Each objective's settings in the 2-process reference step (ddp_reference_step.py).
+DDP_SETTINGS = {
+    "sft": {},
+    "dpo": {"beta": 0.1},
+    "kto": {"beta": 0.1, "loss_type": "apo_zero_unpaired"},
+    "orpo": {"beta": 0.1},
+    "simpo": {"beta": 2.0, "loss_type": "simpo", "simpo_gamma": 1.0, "cpo_alpha": 0.5},
 }
 
 
@@ -88,7 +107,8 @@ def make_trainer(
             per_device_train_batch_size=max(len(w) for w in windows), gradient_accumulation_steps=len(windows)
         )
     config = CLASSES[objective][2](**{**settings, **kw})
-    extra = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if objective != "sft" else {}
+    reference_model = get_objective(objective).reference_model
+    extra = {"ref_model": AutoModelForCausalLM.from_pretrained(model_dir)} if reference_model else {}
     if peft_config is not None:
         extra = {"peft_config": peft_config}
     trainer = _windowed(cls)(
@@ -118,8 +138,14 @@ def one_step(objective, model_dir, data, windows, weighted=True, **kw):
 def reference(objective, model_dir, data, **kw):
     """(-gradient of sum_i w_i loss_i / N: the SGD update at lr 1, sum_i w_i loss_i / N)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    ref = AutoModelForCausalLM.from_pretrained(model_dir) if objective != "sft" else None
+    ref = (
+        AutoModelForCausalLM.from_pretrained(model_dir) if get_objective(objective).reference_model else None
+    )
     tok = AutoTokenizer.from_pretrained(model_dir)
+    if objective in ("orpo", "simpo"):  # the token ids TRL's experimental trainers prepare
+        settings = {k: v for k, v in kw.items() if k in ("loss_type", "beta", "simpo_gamma", "cpo_alpha")}
+        stock = make_trainer(objective, model_dir, data, weighted=False, **settings)
+        kw = {**kw, "tokenized": [stock.train_dataset[i] for i in range(len(data))]}
     losses = per_example_losses(objective, model, ref, tok, data, **kw)
     grad, value = step_gradient(losses, [r["weight"] for r in data], model)
     return -grad, value

@@ -143,15 +143,17 @@ def test_a_config_file_its_schema_refuses_is_named_with_the_whole_reason(tmp_pat
     composing config:" (it was cut there); a name no objective registered says how to add one."""
     (tmp_path / "objective").mkdir()
     text = (CONF / "objective" / "dpo.yaml").read_text()
-    (tmp_path / "objective" / "orpo.yaml").write_text(text.replace("name: dpo", "name: dpo\nsft_k: many"))
-    [line] = problems_of([f"hydra.searchpath=[file://{tmp_path}]", "objective=orpo"], False, CONF)
+    (tmp_path / "objective" / "rpo.yaml").write_text(text.replace("name: dpo", "name: dpo\nsft_k: many"))
+    [line] = problems_of([f"hydra.searchpath=[file://{tmp_path}]", "objective=rpo"], False, CONF)
     assert (
         line
-        == "In 'objective/orpo': objective.sft_k: Value 'many' of type 'str' could not be converted to Integer"
+        == "In 'objective/rpo': objective.sft_k: Value 'many' of type 'str' could not be converted to Integer"
     )
-    (tmp_path / "objective" / "orpo.yaml").write_text(text.replace("name: dpo", "name: orpo"))
-    [line] = problems_of([f"hydra.searchpath=[file://{tmp_path}]", "objective=orpo"], False, CONF)
-    assert line.startswith("invalid config objective.name='orpo': allowed: sft, dpo, kto; to add one"), line
+    (tmp_path / "objective" / "rpo.yaml").write_text(text.replace("name: dpo", "name: rpo"))
+    [line] = problems_of([f"hydra.searchpath=[file://{tmp_path}]", "objective=rpo"], False, CONF)
+    assert line.startswith(
+        "invalid config objective.name='rpo': allowed: sft, dpo, kto, orpo, simpo; to add one"
+    ), line
     assert "register_objective" in line and "imports" in line
 
 

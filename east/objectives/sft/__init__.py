@@ -1,5 +1,6 @@
 """Weighted SFT: up to ``objective.sft_k`` distinct correct responses per kept question, each
-a prompt / completion record carrying its question's weight (docs/method.md §4)."""
+a prompt / completion record carrying its question's weight (docs/method.md §4). The trainer,
+``WeightedSFTTrainer``, is in east.objectives.sft.trainer (it imports TRL's trainers)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SPEC = register_objective(
         name="sft",
         build=build_sft,
         columns=("prompt", "completion", "weight"),
-        trainer="east.training:WeightedSFTTrainer",
+        trainer="east.objectives.sft.trainer:WeightedSFTTrainer",
         config="trl:SFTConfig",
         label="SFT",
         build_options=_options,

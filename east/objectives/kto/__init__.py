@@ -1,15 +1,22 @@
 """Weighted KTO: the DPO pair unpaired (the correct response desirable, the incorrect one
-undesirable), each example's loss multiplied by its question's weight."""
+undesirable), each example's loss multiplied by its question's weight; loss types limited to
+``KTO_ALLOWED``. The trainer, ``WeightedKTOTrainer``, is in east.objectives.kto.trainer."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from east.objectives.base import ObjectiveSpec, register_objective
+from east.objectives.base import ObjectiveSpec, loss_type_problem, register_objective
 from east.selection import build_kto
+
+#: KTO loss types: each example's loss reads only its own rows (kto's KL term is detached).
+KTO_ALLOWED = frozenset({"kto", "apo_zero_unpaired"})
 
 
 def _check(settings: dict[str, Any], per_device: int) -> str | None:
+    reason = loss_type_problem(settings.get("loss_type", "kto"), KTO_ALLOWED)
+    if reason:
+        return reason
     if settings.get("loss_type", "kto") == "kto" and per_device < 2:
         return (
             "KTO's loss_type 'kto' estimates its KL term within a batch, so "
@@ -23,7 +30,7 @@ SPEC = register_objective(
         name="kto",
         build=build_kto,
         columns=("prompt", "completion", "label", "weight"),
-        trainer="east.training:WeightedKTOTrainer",
+        trainer="east.objectives.kto.trainer:WeightedKTOTrainer",
         config="trl:KTOConfig",
         label="KTO",
         reference_model=True,
