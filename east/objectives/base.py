@@ -117,17 +117,18 @@ def register_objective(spec: ObjectiveSpec) -> ObjectiveSpec:
     return spec
 
 
-def code_modules(name: str) -> tuple[str, ...]:
-    """The modules whose code an objective runs: where it was registered, its trainer's and
-    config's modules, and its builder's and checks' (the stage keys keep the project's own and
-    yours among them: east.codeid)."""
+def code_modules(name: str, stage: str = "train") -> tuple[str, ...]:
+    """The modules whose code an objective runs in ``stage`` (their code goes into its key,
+    with the modules of yours they import: east.codeid). ``build``: where it was registered and
+    its builder's, options' and check's modules; ``train``: those and its trainer's and TRL
+    config's. An edit to a trainer rebuilds the training, not the records."""
     spec = get_objective(name)
     modules = [
         _REGISTERED_IN.get(name, ""),
-        spec.trainer.partition(":")[0],
-        spec.config.partition(":")[0],
         *(getattr(f, "__module__", "") for f in (spec.build, spec.build_options, spec.check)),
     ]
+    if stage != "build":
+        modules += [spec.trainer.partition(":")[0], spec.config.partition(":")[0]]
     return tuple(dict.fromkeys(m for m in modules if m and m != "__main__"))
 
 

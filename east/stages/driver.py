@@ -320,7 +320,7 @@ class Stages:
 
         # The mapping's own module and the objective's (its builder), with every module of yours
         # they import (east.codeid).
-        own = (*defining_module(get_mapping(mapping).raw), *code_modules(c.objective.name))
+        own = (*defining_module(get_mapping(mapping).raw), *code_modules(c.objective.name, "build"))
         return self._stage("build", config, [grades], write, round_label("build", round_), modules=own)
 
     def train(self, model: StageResult, records: StageResult, round_: int = 0) -> StageResult:

@@ -69,6 +69,7 @@ def test_every_function_a_stage_runs_is_in_its_key(tmp_path, monkeypatch):
         threading.settrace(None)
     assert not any(s["cached"] for s in results["stages"].values() if isinstance(s, dict) and "cached" in s)
     assert set(calls) == set(STAGE_METHODS)
+    from east.objectives import code_modules
     from east.samplers.hf import HFSampler
     from east.weighting import get_mapping
 
@@ -77,6 +78,9 @@ def test_every_function_a_stage_runs_is_in_its_key(tmp_path, monkeypatch):
         "evaluate": codeid.defining_module(HFSampler),
         "evaluate_sampled": codeid.defining_module(HFSampler),
         "build": codeid.defining_module(get_mapping("power").raw),
+        # The objective's trainer is imported by name (its spec's "module:Class"): the stage
+        # names its modules (east.objectives.code_modules).
+        "train": code_modules("sft"),
     }
     for stage, called in calls.items():
         defs, modules = codeid.stage_modules(stage, extra.get(stage, ()))

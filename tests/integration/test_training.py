@@ -12,13 +12,12 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
-from east.objectives import objective_names
+from east.objectives import get_objective, objective_names
 from east.objectives.dpo.trainer import WeightedDPOTrainer
-from east.objectives.kto.trainer import WeightedKTOTrainer
 from east.objectives.sft.trainer import WeightedSFTTrainer
 from tests.conftest import assistant, prompt
+from tests.integration.trainer_runs import CLASSES
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -47,12 +46,8 @@ ROWS = {
         for a in range(1, 9)
     ],
 }
+ROWS["orpo"] = ROWS["simpo"] = ROWS["dpo"]  # reference-free objectives on DPO's pairs
 WEIGHTS = [0.25, 1.75, 0.5, 1.5, 1.0, 2.0, 0.3, 0.7]
-CLASSES = {
-    "sft": (WeightedSFTTrainer, SFTTrainer, SFTConfig),
-    "dpo": (WeightedDPOTrainer, DPOTrainer, DPOConfig),
-    "kto": (WeightedKTOTrainer, KTOTrainer, KTOConfig),
-}
 
 
 def _args(objective, out, **kw):
@@ -76,7 +71,7 @@ def _trainer(objective, tiny_dir, rows, *, weighted=True, **kw):
     cls = CLASSES[objective][0 if weighted else 1]
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     extra = {}
-    if objective != "sft":
+    if get_objective(objective).reference_model:
         extra["ref_model"] = AutoModelForCausalLM.from_pretrained(tiny_dir)
     return cls(
         model=model,
