@@ -7,6 +7,8 @@ Values still unset (OmegaConf's ``"???"``, while Hydra builds the schema) are no
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 from east.errors import ConfigError
@@ -73,3 +75,25 @@ def import_user_modules(names: list[str]) -> None:
             raise ConfigError(
                 f"invalid config imports: cannot import {name!r} ({type(e).__name__}: {e})"
             ) from None
+
+
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def local_path_problem(value: str) -> str | None:
+    """Why ``value`` is neither an existing local path nor a hub id, or None."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return "a file, not a folder of weights (a folder with config.json, *.safetensors and the tokenizer files)"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return (
+                "a folder without config.json: give a folder of Hugging Face weights (config.json, "
+                "*.safetensors and the tokenizer files), e.g. from hf download ORG/NAME --local-dir DIR"
+            )
+        return None
+    if path.exists():
+        return None
+    if value.startswith(("/", ".", "~")) or value.count("/") > 1 or not HUB_ID_RE.fullmatch(value):
+        return "no such file or folder (and not a hub id such as org/name)"
+    return None

@@ -52,7 +52,7 @@ def problems_of(
     from hydra.errors import HydraException
     from omegaconf import open_dict
 
-    from east.config import validate
+    from east.validate import validate
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -171,7 +171,8 @@ def _close_key(key: str, groups: list[str] = ()) -> str | None:
     TRL configs' fields (``objective.trainer.learnin_rate`` -> ``...learning_rate``)."""
     import dataclasses
 
-    from east.config import Config, _dataclass_of
+    from east.config import Config
+    from east.validate.keys import _dataclass_of
 
     parts = key.split(".")
     if len(parts) == 3 and parts[:2] == ["objective", "trainer"]:

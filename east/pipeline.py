@@ -20,9 +20,10 @@ from omegaconf import DictConfig
 
 from east import results
 from east.cache import StageResult, read_json, write_json
-from east.config import Config, trainer_settings, validate
+from east.config import Config
 from east.data import load_splits
 from east.stages.driver import Stages, make_sampler
+from east.validate import check_sources, trainer_settings, validate
 
 log = logging.getLogger(__name__)
 
@@ -181,54 +182,6 @@ def record_failure(cfg: DictConfig, error: BaseException) -> bool:
     write_json(folder / FAILED, record)
     log.error("cell failed, the sweep goes on: %s (%s)", record["error"], folder / FAILED)
     return True
-
-
-def check_sources(c: Config) -> None:
-    """Before any stage: every hub id the run reads (the model, datasets without a local path)
-    is in the local Hugging Face cache or the hub is reachable. Offline, hub libraries retry
-    for about a minute and end in a traceback; this is one line naming the id and the local
-    alternative."""
-    from east.errors import ConfigError
-
-    sources = []
-    if c.model.tiny is None and c.model.path and not Path(c.model.path).expanduser().exists():
-        sources.append((c.model.path, "model", "model.path=<a local folder of the weights>"))
-    d = c.dataset
-    if d.arith is None:
-        for name in [None, *(d.test_sets or list(d.tests))]:
-            spec = d if name is None else d.test_source(name)[0]
-            if not spec.path and spec.hub_id:
-                where = "dataset.path" if name is None else f"dataset.tests.{name}.path"
-                sources.append((spec.hub_id, "dataset", f"paths.data_dir or {where} (local copies)"))
-    for repo_id, kind, local in dict.fromkeys(sources):
-        problem = hub_problem(repo_id, kind)
-        if problem:
-            raise ConfigError(f"{kind} {repo_id!r} is a hub id {problem}; use {local}")
-
-
-def hub_problem(repo_id: str, kind: str) -> str | None:
-    """Why ``repo_id`` cannot be had now (not cached, and offline or the hub unreachable), or None."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        snapshot_download(repo_id, repo_type=kind if kind == "dataset" else None, local_files_only=True)
-        return None
-    except Exception:  # not (wholly) in the local cache
-        pass
-    if constants.HF_HUB_OFFLINE or (os.environ.get("HF_DATASETS_OFFLINE") == "1" and kind == "dataset"):
-        return "that is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError as e:
-        return (
-            f"that is not in the local Hugging Face cache, and {host} cannot be reached ({e.strerror or e})"
-        )
-    return None
 
 
 def _hydra_output_dir() -> str:

@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from east.grading.extract import _numbers_equal, _percent_equal, _plain_number, normalize_answer
+from east.grading.magnitude import MAX_DIGITS, _closed_statement, _magnitude_ok
+from east.grading.parse_store import ParseStore
 
-__all__ = ["DEFAULT_TIMEOUT_S", "GradingTimeout", "ParseStore", "answers_equal", "parse_store"]
+__all__ = ["DEFAULT_TIMEOUT_S", "MAX_DIGITS", "GradingTimeout", "ParseStore", "answers_equal", "parse_store"]
 
 #: Answers longer than this are never parsed: compared by string only, and counted as cut
 #: (the time bound protects everything shorter).
@@ -192,85 +194,6 @@ def _timed_out(a: str, b: str | None = None) -> bool:
     return a in _CUT_PARSES or (b is not None and (b in _CUT_PARSES or frozenset((a, b)) in _CUT_PAIRS))
 
 
-#: Largest number of decimal digits any subterm may reach before an answer is refused
-#: symbolic comparison. Big-integer arithmetic runs in C, where no signal can stop it,
-#: so ``9^{9^{9^{9}}}`` must be caught before sympy tries to evaluate it.
-MAX_DIGITS = 10_000
-
-
-#: Largest number of terms of a sum or product that is evaluated: sympy adds them one by one.
-MAX_TERMS_LOG10 = 6
-
-
-def _log10_bound(expr: Any, env: dict | None = None) -> float:
-    """An upper bound on log10 |value| of a sympy expression, without evaluating it.
-
-    ``env``: bounds of the summation / product variables in scope. ``inf`` also stands for
-    "too costly to evaluate" (a sum or product of more than 10^MAX_TERMS_LOG10 terms).
-    """
-    import math
-
-    import sympy
-
-    env = env or {}
-    bound = _log10_bound
-    if isinstance(expr, sympy.Integer | sympy.Rational):
-        # 2**bits > |p|: a bound within a factor 2 (digit counts are 10x loose, which
-        # refused 3^{2007} once it sat inside an equation).
-        p, q = int(expr.p), int(expr.q)
-        return max(abs(p).bit_length(), q.bit_length()) * math.log10(2)
-    if isinstance(expr, sympy.Float):
-        return max(0.0, math.log10(abs(float(expr)) + 1.0))
-    if isinstance(expr, sympy.Symbol):
-        return env.get(expr, 1.0)
-    if isinstance(expr, sympy.Pow):
-        base, exp = bound(expr.base, env), bound(expr.exp, env)
-        if exp > 300:
-            return math.inf
-        return max(base, 1.0) * 10.0**exp
-    if isinstance(expr, sympy.Mul):
-        return sum(max(bound(a, env), 0.0) for a in expr.args)
-    if isinstance(expr, sympy.factorial | sympy.gamma | sympy.factorial2 | sympy.binomial):
-        n = bound(expr.args[0], env)  # binomial(n, k) <= 2^n <= n!-sized: same bound
-        return math.inf if n > 300 else 10.0**n * max(n, 1.0)
-    if isinstance(expr, sympy.Sum | sympy.Product):
-        inner = dict(env)
-        count = 0.0
-        for var, *ends in expr.limits:
-            top = max((bound(e, env) for e in ends), default=1.0)
-            if top > MAX_TERMS_LOG10:
-                return math.inf
-            inner[var] = top
-            count += top
-        term = bound(expr.function, inner)
-        if isinstance(expr, sympy.Sum):
-            return term + count
-        return math.inf if term * 10.0**count > 1e300 else max(term, 0.0) * 10.0**count
-    if not getattr(expr, "args", ()):
-        return 1.0  # constants (pi, E, I, oo)
-    return max(bound(a, env) for a in expr.args) + math.log10(len(expr.args) + 1)
-
-
-def _magnitude_ok(expr: Any) -> bool:
-    import sympy
-
-    if not isinstance(expr, sympy.Basic):
-        return True
-    try:
-        return _log10_bound(expr) <= MAX_DIGITS
-    except (RecursionError, TypeError, ValueError, OverflowError):
-        return False
-
-
-def _closed_statement(expr: Any) -> bool:
-    """An equation or inequality between constants, such as ``0.56 = 56`` once a trailing
-    ``\\%`` is read as a unit. math-verify would compare such answers by truth value (any two
-    false statements are then "equal"), so they are compared by its matched strings instead."""
-    import sympy
-
-    return isinstance(expr, sympy.logic.boolalg.Boolean) and not getattr(expr, "free_symbols", True)
-
-
 @dataclass
 class _Parsed:
     """A normalised answer string and, lazily, its math-verify parse."""
@@ -386,131 +309,6 @@ def _value_at_probe(e: Any) -> tuple[complex | None, bool]:
     except (TypeError, ValueError, OverflowError, ArithmeticError, AttributeError):
         return None, not point
     return (value if cmath.isfinite(value) else None), not point
-
-
-class ParseStore:
-    """Parsed answers on disk, shared by every grading call that names the same file.
-
-    A sweep grades the same gold answers, and largely the same model answers, in every
-    cell's evaluation and in every round; parsing (math-verify's antlr LaTeX front end) is
-    the cost. The store keeps each normalised string's parse and probe facts in SQLite
-    (concurrent readers and writers from several processes are safe). The file name carries
-    the versions of this module's parser setup and of math-verify, so a change in either
-    starts a new file. Timed-out parses are never stored. Entries are pickled sympy
-    objects: keep the file where you keep your checkpoints.
-    """
-
-    VERSION = 2
-    _FIELDS = ("expr", "value", "constant", "scalar", "items", "interval")
-
-    def __init__(self, path: str | Path):
-        import sqlite3
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._pending: dict[str, bytes] = {}
-        self.hits = 0
-        try:
-            self._db: Any = self._open()
-        except sqlite3.DatabaseError as e:
-            # A damaged file ("file is not a database"): set aside like a failed artifact and
-            # started anew. Parses are a cache: nothing is lost but time.
-            self._set_aside(e)
-            self._db = self._open()
-
-    def _open(self) -> Any:
-        import sqlite3
-
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS parses (norm TEXT PRIMARY KEY, facts BLOB)")
-            db.execute("SELECT norm FROM parses LIMIT 1").fetchall()
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
-
-    def _set_aside(self, error: Exception) -> None:
-        import os
-        import uuid
-
-        aside = self.path.with_name(f"{self.path.name}.bad-{uuid.uuid4().hex[:8]}")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.path, aside)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
-        logging.getLogger(__name__).warning(
-            "grading parse store %s is damaged (%s): set aside as %s, parsing anew",
-            self.path,
-            error,
-            aside.name,
-        )
-
-    def _failed(self, error: Exception) -> None:
-        """A read or write failed on a file damaged after it opened: set it aside and go on
-        without a store in this process (the next one starts a new file)."""
-        if self._db is not None:
-            with contextlib.suppress(Exception):
-                self._db.close()
-            self._db = None
-            self._set_aside(error)
-
-    @classmethod
-    def in_dir(cls, directory: str | Path) -> ParseStore:
-        from importlib.metadata import version as installed
-
-        version = installed("math-verify")
-        return cls(Path(directory) / f"parses-v{cls.VERSION}-math-verify-{version}.sqlite")
-
-    def restore(self, parsed: _Parsed) -> bool:
-        import pickle
-        import sqlite3
-
-        if self._db is None:
-            return False
-        try:
-            row = self._db.execute("SELECT facts FROM parses WHERE norm = ?", (parsed.norm,)).fetchone()
-        except sqlite3.DatabaseError as e:
-            self._failed(e)
-            return False
-        if row is None:
-            return False
-        try:
-            facts = pickle.loads(row[0])
-        except Exception:  # an entry written by another sympy version: parse again
-            return False
-        for name, value in zip(self._FIELDS, facts, strict=True):
-            setattr(parsed, name, value)
-        self.hits += 1
-        return True
-
-    def add(self, parsed: _Parsed) -> None:
-        import pickle
-
-        # An object sympy cannot pickle is simply parsed again next time.
-        with contextlib.suppress(Exception):
-            self._pending[parsed.norm] = pickle.dumps(tuple(getattr(parsed, f) for f in self._FIELDS))
-
-    def flush(self) -> None:
-        import sqlite3
-
-        if self._pending and self._db is not None:
-            try:
-                with self._db:
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO parses (norm, facts) VALUES (?, ?)",
-                        list(self._pending.items()),
-                    )
-            except sqlite3.DatabaseError as e:
-                self._failed(e)
-        self._pending.clear()
-
-    def close(self) -> None:
-        self.flush()
-        if self._db is not None:
-            self._db.close()
 
 
 _STORE: ParseStore | None = None

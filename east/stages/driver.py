@@ -33,7 +33,7 @@ from east.cache import (
     write_jsonl,
 )
 from east.codeid import defining_module, function_digest, is_own, stage_code
-from east.config import Config, SamplingParams, batch_layout, trainer_settings
+from east.config import Config, SamplingParams
 from east.data import Problem, Splits
 from east.models import model_path
 from east.objectives import code_modules
@@ -41,6 +41,7 @@ from east.prompts import Prompts, build_prompts
 from east.samplers.base import Sampler, build_sampler, sample_seed, sampler_node
 from east.stages import launch
 from east.stages.base_model import WARMUP_RECIPE
+from east.validate import batch_layout, trainer_settings
 from east.weighting import canonical, get_mapping
 
 log = logging.getLogger(__name__)

@@ -185,55 +185,16 @@ class WeightedMixin:
             self._east_window = None
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
-        """A resume loads the checkpoint with ``strict=False``; a tied output layer
-        (``lm_head.weight`` = the input embedding, which safetensors stores once) is then
-        "missing", and HF Trainer warns unless the key is in ``_keys_to_ignore_on_save``
-        (transformers/trainer.py), which transformers 5 leaves empty for ties. A key whose
-        parameter is the very tensor of its tie's source was loaded: it is not reported."""
+        """A resume loads the checkpoint with ``strict=False``: a tied output layer loaded
+        through its tie is not reported missing (:func:`loaded_through_tie`)."""
         model = getattr(self.accelerator, "unwrap_model", lambda m: m)(self.model)
-        tied = getattr(model, "all_tied_weights_keys", None) or {}
-
-        def loaded_through_tie(key: str) -> bool:
-            try:
-                return key in tied and model.get_parameter(key) is model.get_parameter(tied[key])
-            except AttributeError:
-                return False
-
-        missing = [k for k in load_result.missing_keys if not loaded_through_tie(k)]
+        missing = [k for k in load_result.missing_keys if not loaded_through_tie(model, k)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _east_check_iterable(self) -> None:
-        """An iterable train dataset cannot be validated up front like a map-style one: read
-        the weights of the rows the run will train on (the first max_steps x global batch of
-        the stream) before any step, so a bad weight is refused before the first update.
-        Rows beyond (shuffle buffers, later epochs) are checked batch by batch, before their
-        step."""
-        from datasets import IterableDataset
-
-        raw = self._east_raw_train
-        if not isinstance(raw, IterableDataset) or self.args.max_steps <= 0:
-            return
-        limit = (
-            self.args.max_steps
-            * self.args.per_device_train_batch_size
-            * self.args.gradient_accumulation_steps
-            * self.accelerator.num_processes
-        )
-        weighted = None
-        n = 0
-        for n, row in enumerate(itertools.islice(raw, limit), 1):
-            has = WEIGHT in row and row[WEIGHT] is not None
-            if weighted is None:
-                weighted = has
-            elif has != weighted:
-                raise ValueError(
-                    f"train_dataset: row {n - 1} {'has' if has else 'has no'} '{WEIGHT}', unlike row 0"
-                )
-            if has:
-                weight_value(row[WEIGHT], f"train_dataset: row {n - 1}")
+        weighted = check_iterable_weights(self._east_raw_train, self.args, self.accelerator.num_processes)
         if weighted is not None:
             self._east_expect["train"] = weighted
-        log.info("checked the '%s' of the first %d rows of the iterable train dataset", WEIGHT, n)
 
     def _pop_weights(self, inputs: dict[str, Any]) -> torch.Tensor:
         w = inputs.pop(WEIGHT, None)
@@ -372,3 +333,43 @@ def close_enough(value: torch.Tensor, intended: torch.Tensor, dtype: torch.dtype
     rtol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
     a, b = float(value), float(intended)
     return math.isclose(a, b, rel_tol=rtol, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b))
+
+
+def loaded_through_tie(model: Any, key: str) -> bool:
+    """Whether ``key``, reported missing by a resume's ``strict=False`` load, was loaded through
+    its tie: a tied output layer (``lm_head.weight`` = the input embedding, which safetensors
+    stores once) is "missing", and HF Trainer warns unless the key is in
+    ``_keys_to_ignore_on_save`` (transformers/trainer.py), which transformers 5 leaves empty for
+    ties. A key whose parameter is the very tensor of its tie's source was loaded."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    try:
+        return key in tied and model.get_parameter(key) is model.get_parameter(tied[key])
+    except AttributeError:
+        return False
+
+
+def check_iterable_weights(raw: Any, args: Any, processes: int) -> bool | None:
+    """An iterable train dataset cannot be validated up front like a map-style one: read the
+    weights of the rows the run will train on (the first max_steps x global batch of the
+    stream) before any step, so a bad weight is refused before the first update. Rows beyond
+    (shuffle buffers, later epochs) are checked batch by batch, before their step. Returns
+    whether the rows carry weights (None: not an iterable dataset, or nothing read)."""
+    from datasets import IterableDataset
+
+    if not isinstance(raw, IterableDataset) or args.max_steps <= 0:
+        return None
+    limit = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    weighted = None
+    n = 0
+    for n, row in enumerate(itertools.islice(raw, limit), 1):
+        has = WEIGHT in row and row[WEIGHT] is not None
+        if weighted is None:
+            weighted = has
+        elif has != weighted:
+            raise ValueError(
+                f"train_dataset: row {n - 1} {'has' if has else 'has no'} '{WEIGHT}', unlike row 0"
+            )
+        if has:
+            weight_value(row[WEIGHT], f"train_dataset: row {n - 1}")
+    log.info("checked the '%s' of the first %d rows of the iterable train dataset", WEIGHT, n)
+    return weighted

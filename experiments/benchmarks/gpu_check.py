@@ -206,10 +206,11 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
 
     from hydra import compose, initialize_config_dir
 
-    from east.config import register_configs, validate
+    from east.config import register_configs
     from east.data import load_splits
     from east.stages.driver import Stages, make_sampler
     from east.tracking import NullLogger
+    from east.validate import validate
 
     root = Path(__file__).resolve().parents[2]
     tmp = Path(tempfile.mkdtemp())

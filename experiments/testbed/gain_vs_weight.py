@@ -62,10 +62,11 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from east.config import register_configs, validate
+    from east.config import register_configs
     from east.data import load_splits
     from east.stages.driver import Stages, make_sampler
     from east.tracking import NullLogger
+    from east.validate import validate
 
     runs = [r for r in collect_runs(args.sweep) if r["run"]["objective"] == "sft"]
     by_seed: dict[int, dict[str, dict]] = {}

@@ -32,13 +32,14 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from east.config import register_configs, validate
+    from east.config import register_configs
     from east.data import load_splits
     from east.grading import grade_questions
     from east.prompts import build_prompts
     from east.samplers import SamplingParams
     from east.samplers.hf import HFSampler
     from east.stages.base_model import warm_up_tiny
+    from east.validate import validate
 
     register_configs()
     overrides = [

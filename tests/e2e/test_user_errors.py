@@ -29,7 +29,7 @@ USER_ERRORS: dict[str, tuple[list[str], str | None, str]] = {
 import errno, east.cache as c
 def _lock(path, stage, key, timeout_s=None):
     raise OSError(errno.EROFS, "Read-only file system", str(path.parent / ".locks" / key))
-c._key_lock = _lock
+c.key_lock = _lock
 """,
         r"Error: cannot write .*\.locks.* \(Read-only file system\): point paths\.cache_dir",
     ),
@@ -60,10 +60,10 @@ m.safe_save_file = _full
     "paths.lock_timeout_s expiring (another run holds the stage)": (
         ["paths.lock_timeout_s=1"],
         """
-import east.cache as c
+import east.cache as c, east.locks as locks
 def _lock(path, stage, key, timeout_s=None):
-    raise c.LockTimeout(f"stage {stage} ({key}): waited 1s for pid 12345 building it (paths.lock_timeout_s=1); if that process is stopped or hung, end it and rerun the same command")
-c._key_lock = _lock
+    raise locks.LockTimeout(f"stage {stage} ({key}): waited 1s for pid 12345 building it (paths.lock_timeout_s=1); if that process is stopped or hung, end it and rerun the same command")
+c.key_lock = _lock
 """,
         r"Error: stage \w+ \(.*\): waited 1s for pid 12345 building it",
     ),

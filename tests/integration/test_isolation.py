@@ -121,8 +121,8 @@ def test_vllm_engines_live_in_workers_and_shards_merge_in_order(warm, tmp_path, 
     assert len(engines) == len({e["pid"] for e in engines}) == 6
     assert all(e["logprobs_mode"] == "raw_logprobs" and e["dtype"] == "float32" for e in engines)
     rows = [json.loads(line) for line in _artifact(cache, r, "sample", "samples.jsonl").decode().splitlines()]
-    from east.config import validate
     from east.data import load_splits
+    from east.validate import validate
 
     c = validate(_compose([*SMALL, f"paths.cache_dir={cache}"]))
     assert [row["id"] for row in rows] == [p.id for p in load_splits(c.dataset).train]
@@ -218,7 +218,7 @@ def test_device_memory_check_names_what_is_missing(monkeypatch):
 def test_inline_training_with_several_gpus_is_refused(monkeypatch, tmp_path):
     import torch
 
-    from east.config import validate
+    from east.validate import validate
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from east import codeid
 from east.cache import StageCache, StageResult, stage_key
-from east.config import validate
 from east.objectives import objective_names
 from east.tracking import NullLogger
+from east.validate import validate
 from tests.helpers import compose as _compose
 
 #: Which stages read which stages' artifacts (a changed input key changes the reader's key).
@@ -479,8 +479,8 @@ def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
 
 
 def test_an_unknown_mapping_says_how_to_register_one():
-    from east.config import validate
     from east.errors import ConfigError
+    from east.validate import validate
 
     with pytest.raises(ConfigError, match=r"register_mapping\('name'\) in a module of yours .* imports"):
         validate(_compose(["east.mapping=mine", "paths.cache_dir=/tmp/x"]))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from east.config import validate
 from east.data import load_splits
 from east.errors import ConfigError, UserError
 from east.report import build_table, collect_runs, setting_of, to_markdown
+from east.validate import validate
 from tests.helpers import compose
 
 #: (fault, outcome, test) for tests/FAULTS.md.

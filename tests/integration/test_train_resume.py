@@ -102,7 +102,7 @@ def _checkpoint(work: Path, step: int, weights: bytes = b"weights", sealed: bool
 
 @pytest.mark.parametrize("state", ["", "{not json"])
 def test_a_checkpoint_without_a_readable_state_is_skipped(tmp_path, state):
-    from east.stages.train import last_checkpoint
+    from east.stages.checkpoints import last_checkpoint
 
     good = _checkpoint(tmp_path, 5)
     bad = tmp_path / "checkpoint-10"
@@ -115,7 +115,7 @@ def test_a_checkpoint_without_a_readable_state_is_skipped(tmp_path, state):
 
 
 def test_a_checkpoint_cut_short_before_its_manifest_is_removed(tmp_path):
-    from east.stages.train import last_checkpoint
+    from east.stages.checkpoints import last_checkpoint
 
     good = _checkpoint(tmp_path, 5)
     unsealed = _checkpoint(tmp_path, 10, sealed=False)
@@ -126,7 +126,7 @@ def test_a_damaged_checkpoint_is_set_aside_with_one_line_and_never_resumed(tmp_p
     """One flipped byte in a checkpoint's weights was resumed from without a word, and the
     different model sealed as a verified artifact. Now the checkpoint is verified against the
     manifest written when it was saved, and a damaged one set aside."""
-    from east.stages.train import last_checkpoint
+    from east.stages.checkpoints import last_checkpoint
 
     good = _checkpoint(tmp_path, 5)
     damaged = _checkpoint(tmp_path, 10, b"weights")

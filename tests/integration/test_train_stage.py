@@ -118,8 +118,8 @@ def test_the_train_worker_checks_device_memory_before_it_loads_weights(tmp_path,
     """Every weight-loading worker checks free device memory first (the generate worker for
     its sampler; the train worker for the policy's fp32 weights, gradients and Adam moments,
     its share of them when sharded): a GPU another process holds fails in one line."""
+    from east.stages.checkpoints import train_device_bytes
     from east.stages.launch import DeviceMemoryError
-    from east.stages.train import train_device_bytes
 
     asked, loaded = {}, []
 
@@ -146,7 +146,7 @@ def test_the_train_worker_checks_free_disk_before_it_loads_weights(tmp_path, tin
     import shutil
     from collections import namedtuple
 
-    from east.stages.train import DiskSpaceError, disk_need
+    from east.stages.checkpoints import DiskSpaceError, disk_need
 
     params = sum(t.numel() for t in load_file(str(tiny_dir / "model.safetensors")).values())
     need = disk_need(str(tiny_dir), {"save_steps": 200}, "float32")

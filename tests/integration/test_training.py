@@ -287,9 +287,9 @@ def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
     from east.cache import write_json, write_jsonl
-    from east.config import batch_layout
     from east.stages.train import launch as launch_workers
     from east.stages.train import train_from_spec
+    from east.validate import batch_layout
 
     records = tmp_path / "records.jsonl"
     write_jsonl(records, [dict(r, weight=w) for r, w in zip(ROWS["sft"][:8], [0.5, 1.5] * 4)])
@@ -339,7 +339,7 @@ def test_global_batch_survives_the_process_count(tiny_dir, tmp_path):
 
 
 def test_accumulation_is_derived_and_checked():
-    from east.config import batch_layout
+    from east.validate import batch_layout
 
     def c(total, per_device, procs, **trainer):
         return _layout_config(total, per_device, procs, "dpo", **trainer)

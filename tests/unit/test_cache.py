@@ -205,7 +205,7 @@ def test_a_lock_held_by_a_stopped_process_names_it_and_times_out(tmp_path, caplo
     import sys
     import time
 
-    from east.cache import LockTimeout
+    from east.locks import LockTimeout
 
     caplog.set_level(logging.INFO)
     cache = StageCache(tmp_path, lock_timeout_s=1.5)
@@ -275,7 +275,7 @@ server:/export/home /home nfs4 rw,vers=4.2 0 0
 
 
 def test_the_filesystem_of_a_path_is_its_longest_mount_point():
-    from east.cache import filesystem_type
+    from east.locks import filesystem_type
 
     assert filesystem_type("/home/me/.cache/east", MOUNTS) == "nfs4"
     assert filesystem_type("/scratch/run", MOUNTS) == "lustre"
@@ -299,7 +299,8 @@ def test_a_cache_without_flock_fails_with_what_to_do(monkeypatch, tmp_path):
     import errno
     import fcntl
 
-    from east.cache import LockUnsupported, StageCache
+    from east.cache import StageCache
+    from east.locks import LockUnsupported
 
     def no_locks(f, flags):
         if flags != fcntl.LOCK_UN:

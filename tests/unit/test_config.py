@@ -12,10 +12,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-import east.config
-from east.config import apply_command_line_precedence, trainer_settings, validate
+import east.validate
 from east.errors import ConfigError
 from east.objectives import objective_names
+from east.validate import apply_command_line_precedence, trainer_settings, validate
 from tests.helpers import CONF, compose
 
 
@@ -41,16 +41,16 @@ GROUPS = [
 ]
 
 
-_CHECK_SAMPLER_INSTALLED = east.config._check_sampler_installed
-_CHECK_DEEPSPEED_INSTALLED = east.config._check_deepspeed_installed
+_CHECK_SAMPLER_INSTALLED = east.validate._check_sampler_installed
+_CHECK_DEEPSPEED_INSTALLED = east.validate._check_deepspeed_installed
 
 
 @pytest.fixture(autouse=True)
 def _any_sampler_package(monkeypatch):
     """These tests check configs, not this machine: sampler=vllm validates here without vLLM
     installed (the package check itself is tested below)."""
-    monkeypatch.setattr("east.config._check_sampler_installed", lambda c: None)
-    monkeypatch.setattr("east.config._check_deepspeed_installed", lambda c: None)
+    monkeypatch.setattr("east.validate._check_sampler_installed", lambda c: None)
+    monkeypatch.setattr("east.validate._check_deepspeed_installed", lambda c: None)
 
 
 def test_debug_fast_is_exactly_the_tests_small_loop(tmp_path):
@@ -426,7 +426,7 @@ def test_numeric_extremes_are_refused_before_work_or_known_to_work(field, tmp_pa
 def test_vllm_with_a_tiny_model_vllm_cannot_run_is_one_line(tmp_path):
     """vLLM's CPU attention needs head_dim >= 32: the default tiny model (64 / 4 = 16) is
     refused before its warm-up, naming head_dim; debug=fast's (64 / 2) and a GPU are fine."""
-    from east.config import _check_sampler
+    from east.validate import _check_sampler
 
     c = validate(_compose(["sampler=vllm", f"paths.cache_dir={tmp_path}"]), devices=False)
     with pytest.raises(ConfigError, match=r"model.tiny.num_heads.*head_dim is 64 / 4 = 16.*head_dim >= 32"):
