@@ -54,8 +54,11 @@ def sample_seed(base_seed: int, question_id: str, index: int, round_: int | str)
     return derive_seed(base_seed, question_id, index, round_) % (2**63)
 
 
-def check_token_ids(prompts: list[list[int]]) -> list[list[int]]:
-    """Prompts must arrive tokenized (east.prompts.build_prompts), never as text."""
+def check_token_ids(prompts: list[list[int]], seeds: list[list[int]] | None = None) -> list[list[int]]:
+    """Prompts must arrive tokenized (east.prompts.build_prompts), never as text, with (when
+    ``seeds`` is given) one seed list per prompt."""
+    if seeds is not None and len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
     for i, p in enumerate(prompts):
         if isinstance(p, str) or not all(isinstance(t, int) for t in p):
             raise TypeError(

@@ -117,10 +117,8 @@ class HFSampler(Sampler):
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList
 
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
+        encoded = check_token_ids(prompts, seeds)
         tokenizer, model = self._load(model_path)
-        encoded = check_token_ids(prompts)
         rows = [(i, j, s) for i, row_seeds in enumerate(seeds) for j, s in enumerate(row_seeds)]
         rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))  # similar lengths share a batch
         out: list[list[str]] = [[""] * len(s) for s in seeds]

@@ -204,9 +204,7 @@ class VLLMSampler(Sampler):
         params: SamplingParams,
         token_entropy: bool = False,
     ) -> Generation:
-        if len(prompts) != len(seeds):
-            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seed lists")
-        prompts = check_token_ids(prompts)
+        prompts = check_token_ids(prompts, seeds)
         longest = max((len(p) for p in prompts), default=1) + params.max_new_tokens
         llm = self._llm(model_path, longest)
         vllm = _vllm()

@@ -156,23 +156,3 @@ def check_rows(expected: list[list[int]], batch: dict[str, Any], prefix: str = "
 
 def token_ids(x: Any) -> list[int]:
     return x.tolist() if isinstance(x, torch.Tensor) else list(x)
-
-
-def _sft_layout(examples: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-    if "input_ids" not in examples[0]:  # a vision-language dataset: collated from raw inputs
-        return
-    check_rows([token_ids(e["input_ids"]) for e in examples], batch)
-
-
-def _dpo_layout(examples: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-    if "prompt_ids" not in examples[0]:
-        return
-    chosen = [token_ids(e["prompt_ids"]) + token_ids(e["chosen_ids"]) for e in examples]
-    rejected = [token_ids(e["prompt_ids"]) + token_ids(e["rejected_ids"]) for e in examples]
-    check_rows(chosen + rejected, batch)  # [chosen; rejected]: pair i is rows i and B + i
-
-
-def _kto_layout(examples: list[dict[str, Any]], batch: dict[str, Any]) -> None:
-    if "prompt_ids" not in examples[0]:
-        return
-    check_rows([token_ids(e["prompt_ids"]) + token_ids(e["completion_ids"]) for e in examples], batch)

@@ -92,3 +92,23 @@ def test_runs_without_predictions_leave_the_paired_cells_empty(runs):
         r["_path"] = "https://wandb.example/run"  # collected from W&B: no predictions file
         r.pop("_predictions", None)
     assert all(rec["arith"]["paired"] is None for rec in build_table(runs))
+
+
+@pytest.mark.parametrize("objective", ["orpo", "simpo"])
+def test_an_objective_beyond_the_paper_gets_its_rows_and_paired_intervals(objective, tmp_path):
+    """ORPO and SimPO are registered like the paper's three: their vanilla and EAST rows are
+    in the table under their spec's label, each paired with its reference."""
+    from east.objectives import get_objective
+
+    rng = np.random.default_rng(1)
+    base = rng.random(300) < 0.4
+    runs = []
+    for seed in range(2):
+        vanilla = base | (rng.random(300) < 0.1)
+        runs.append(_write_run(tmp_path / f"v{seed}", objective, "uniform", 0.0, seed, vanilla, base))
+        runs.append(_write_run(tmp_path / f"e{seed}", objective, "power", 1.0, seed, vanilla, base))
+    table = {r["row"]: r for r in build_table(runs)}
+    assert table[objective]["label"] == get_objective(objective).label
+    assert table[f"{objective}_east"]["label"] == "+EAST"
+    assert table[f"{objective}_east"]["arith"]["paired"]["delta"] == 0.0  # same predictions
+    assert table[objective]["arith"]["paired"]["delta"] > 0  # vanilla vs the base model
