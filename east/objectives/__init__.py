@@ -1,8 +1,10 @@
 """Training objectives behind one registry (:func:`register_objective`).
 
-Each objective is one module here: its record builder, the columns its trainer reads, its
-weighted trainer and TRL config (named, imported only where training runs), its config check
-and its table label. The registry is the only list of objectives: the config check, the build
+Each built-in objective is one package here: ``__init__.py`` its spec (its record builder, the
+columns its trainer reads, its config check and allowed loss types, its table label; no TRL
+import, so the config check stays light) and ``trainer.py`` its weighted trainer (named by the
+spec with its TRL config, imported only where training runs). The import list below is the
+built-ins' order in the table. The registry is the only list of objectives: the config check, the build
 and train stages and the report all read it, so an objective of yours registered in a module
 listed in ``imports:`` runs like the built-in ones (README: Add your own objective).
 """
