@@ -157,7 +157,8 @@ class Stages:
             prompts = scratch / f"prompts-{k}.jsonl"
             write_jsonl(prompts, [{"token_ids": token_ids[i], "seeds": seeds[i]} for i in part])
             outs.append(scratch / f"generated-{k}.jsonl")
-            spec = {**base, "prompts": str(prompts), "out": str(outs[-1])}
+            longest = max((len(token_ids[i]) for i in part), default=1)
+            spec = {**base, "prompts": str(prompts), "longest_prompt": longest, "out": str(outs[-1])}
             launch.write_spec(scratch / f"generate-{k}.json", spec)
         if len(parts) == 1 and not (self.isolate or self.sampler.own_process):
             try:

@@ -9,6 +9,7 @@ Spec (JSON, written by the driver):
 - ``sampler``: the backend's ``_target_`` and its keyword arguments (conf/sampler/*.yaml);
 - ``params``: :class:`east.sampling_params.SamplingParams` fields;
 - ``prompts``: a JSON Lines file, one row per prompt: ``{"token_ids": [...], "seeds": [...]}``;
+  ``longest_prompt``: the most token ids of any of them (the backend sizes itself to it);
 - ``token_entropy``: whether to record each response's mean token entropy;
 - ``out``: the JSON Lines file to write, one row per prompt, in order:
   ``{"texts": [...], "token_entropy": [...] or null}``;
@@ -46,8 +47,7 @@ def run(spec: dict[str, Any], sampler: Sampler | None = None) -> None:
         sampler = build_sampler(spec["sampler"], spec["dtype"])
     params = SamplingParams(**spec["params"])
     prompts = Path(spec["prompts"])
-    longest = max((len(r["token_ids"]) for r in _rows(prompts)), default=1)
-    sampler.fit_prompts(longest + params.max_new_tokens)
+    sampler.fit_prompts(spec["longest_prompt"] + params.max_new_tokens)
     check_device_memory(
         sampler.required_device_memory(spec["model_path"]), f"generating with {spec['model_path']}"
     )

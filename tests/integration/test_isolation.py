@@ -151,6 +151,7 @@ def test_generate_worker_memory_is_bounded_by_its_chunk(tmp_path, monkeypatch):
             "sampler": {"_target_": "east.samplers.vllm.VLLMSampler", "chunk_requests": chunk_requests},
             "params": {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32},
             "prompts": str(folder / "prompts.jsonl"),
+            "longest_prompt": 3,
             "token_entropy": True,
             "out": str(folder / "out.jsonl"),
             "chunk_prompts": chunk_prompts,

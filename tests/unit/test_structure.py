@@ -163,8 +163,8 @@ def test_every_library_module_is_reached_from_run_py_or_a_config():
 
 #: Modules and classes over the limits below, each with why, at its size now: none may grow.
 OVERSIZE = {
-    "east/stages/driver.py": 600,
-    "east.stages.driver.Stages": 465,
+    "east/stages/driver.py": 599,
+    "east.stages.driver.Stages": 462,
 }
 #: Why each is over (and what splitting it would take).
 OVERSIZE_WHY = {
