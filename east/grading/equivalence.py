@@ -210,32 +210,36 @@ class _Parsed:
     def parse(self, timeout_s: float) -> list:
         if self.norm in _CUT_PARSES:
             return []  # cut once: compared by string only from then on
-        if self.expr is None:
+        if self.expr is not None:
+            if _STORE is not None and self.norm:
+                # Parsed in memory before this store was opened (a grading worker lives
+                # across calls, and a sweep's cells name different stores): it gets it too.
+                _STORE.add(self)
+            return self.expr
+        self.expr = []
+        if len(self.norm) > MAX_PARSE_CHARS:
+            _CUT_PARSES.add(self.norm)  # too long to parse: by string only, counted as cut
+            return self.expr
+        if not self.norm or (_STORE is not None and _STORE.restore(self)):
+            return self.expr
+        configure_math_verify()  # imports math-verify and sympy outside the bound
+        try:
+            self.expr = _bounded(("parse", self.norm), timeout_s, self._parse_once)
+        except GradingTimeout:
+            _CUT_PARSES.add(self.norm)
             self.expr = []
-            if len(self.norm) > MAX_PARSE_CHARS:
-                _CUT_PARSES.add(self.norm)  # too long to parse: by string only, counted as cut
-                return self.expr
-            if self.norm:
-                if _STORE is not None and _STORE.restore(self):
-                    return self.expr
-                configure_math_verify()  # imports math-verify and sympy outside the bound
-                try:
-                    self.expr = _bounded(("parse", self.norm), timeout_s, self._parse_once)
-                except GradingTimeout:
-                    _CUT_PARSES.add(self.norm)
-                    self.expr = []
-                    return self.expr
-                if self.expr and not all(_magnitude_ok(e) for e in self.expr):
-                    _CUT_PARSES.add(self.norm)  # too large to evaluate: a bound, counted as one
-                    self.expr = []
-                    return self.expr
-                if self.expr and _closed_statement(self.expr[0]):
-                    # "0.56 = 56\\%": compared by math-verify's matched string, not truth value.
-                    self.expr = [e for e in self.expr if isinstance(e, str)]
-                if not self._probe(timeout_s):
-                    return []
-                if _STORE is not None:
-                    _STORE.add(self)  # a timed-out parse depends on the bound: never stored
+            return self.expr
+        if self.expr and not all(_magnitude_ok(e) for e in self.expr):
+            _CUT_PARSES.add(self.norm)  # too large to evaluate: a bound, counted as one
+            self.expr = []
+            return self.expr
+        if self.expr and _closed_statement(self.expr[0]):
+            # "0.56 = 56\\%": compared by math-verify's matched string, not truth value.
+            self.expr = [e for e in self.expr if isinstance(e, str)]
+        if not self._probe(timeout_s):
+            return []
+        if _STORE is not None:
+            _STORE.add(self)  # a timed-out parse depends on the bound: never stored
         return self.expr
 
     def _parse_once(self) -> list:

@@ -32,6 +32,7 @@ class ParseStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pending: dict[str, bytes] = {}
+        self._known: set[str] = set()  # read from or written to this file by this process
         self.hits = 0
         try:
             self._db: Any = self._open()
@@ -106,12 +107,16 @@ class ParseStore:
             return False
         for name, value in zip(self._FIELDS, facts, strict=True):
             setattr(parsed, name, value)
+        self._known.add(parsed.norm)
         self.hits += 1
         return True
 
     def add(self, parsed: Any) -> None:
         import pickle
 
+        if parsed.norm in self._known:
+            return  # each parse is pickled once per store and process
+        self._known.add(parsed.norm)
         # An object sympy cannot pickle is simply parsed again next time.
         with contextlib.suppress(Exception):
             self._pending[parsed.norm] = pickle.dumps(tuple(getattr(parsed, f) for f in self._FIELDS))

@@ -90,7 +90,7 @@ def _serve(
                 store_dir = settings.store
                 store = E.ParseStore.in_dir(store_dir) if store_dir else None
                 E._STORE = store
-            for idx, responses, gold in payload:
+            for i, (idx, responses, gold) in enumerate(payload, 1):
                 try:
                     grade = G.grade_question(
                         responses,
@@ -99,12 +99,12 @@ def _serve(
                         timeout_s=settings.timeout_s,
                         fallback=settings.fallback,
                     )
+                    reply: tuple = ("done", (idx, grade))
                 except Exception as e:  # bad input (an empty gold): the caller raises it
-                    conn.send(("error", (idx, f"{type(e).__name__}: {e}")))
-                    continue
-                conn.send(("done", (idx, grade)))
-            if store is not None:
-                store.flush()
+                    reply = ("error", (idx, f"{type(e).__name__}: {e}"))
+                if i == len(payload) and store is not None:
+                    store.flush()  # on disk before the caller hears the chunk is graded
+                conn.send(reply)
     finally:
         if store is not None:
             store.close()
