@@ -78,12 +78,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return outcome
 
 
+def stages_for(c: Config, logger: Any = None) -> Stages:
+    """The stages of one experiment's validated config (:func:`east.validate.validate`), for a
+    script that runs some of them: ``base_model``, ``sample``, ``grade``, ``build``, ``train``,
+    ``evaluate`` and ``evaluate_sampled`` each return their artifact, built or taken from the
+    cache under the key a run of this config uses (experiments/testbed/gain_vs_weight.py
+    evaluates a sweep's models on their training questions). ``logger``: None logs nothing."""
+    from east.tracking import NullLogger
+
+    return Stages(c, logger if logger is not None else NullLogger(), make_sampler(c))
+
+
 def _run(c: Config, logger: Any) -> tuple[dict[str, Any], dict[str, Any], dict[tuple[str, str], StageResult]]:
     """The stages of one experiment; returns results.json's content, the last round's
     training statistics (empty when the run only evaluates) and the greedy evaluations by
     (test set, base or trained)."""
     start = time.perf_counter()
-    stages = Stages(c, logger, make_sampler(c))
+    stages = stages_for(c, logger)
     splits = load_splits(c.dataset)
     base = stages.base_model(splits)
     only = c.evaluation.only

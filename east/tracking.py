@@ -19,8 +19,6 @@ import logging
 import os
 from typing import Any
 
-from east.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 
@@ -60,26 +58,31 @@ class WandbLogger(NullLogger):
         entity: str | None = None,
         tags: list | None = None,
     ):
-        if mode is not None and mode not in self.MODES:
-            raise ConfigError(
-                f"invalid config logger.mode={mode!r}: allowed: {', '.join(self.MODES)} (or null)"
-            )
+        problem = self.settings_problem(mode, tags or [], os.environ.get("WANDB_MODE"))
+        if problem:  # (a run's config was checked before: east.validate)
+            raise ValueError(problem)
         env_mode = os.environ.get("WANDB_MODE")
-        if mode is None and env_mode is not None and env_mode not in (*self.MODES, "dryrun", "run"):
-            raise ConfigError(
-                f"invalid WANDB_MODE={env_mode!r} in the environment: allowed: {', '.join(self.MODES)}"
-            )
         self.mode = mode or env_mode or "offline"
         self.project = project or os.environ.get("WANDB_PROJECT") or "east"
         self.entity = entity or os.environ.get("WANDB_ENTITY")
         self.tags = [str(t) for t in (tags or [])]
-        for tag in self.tags:  # W&B refuses these at init, which would end the logging
-            if not 0 < len(tag) <= 64:
-                raise ConfigError(f"invalid config logger.tags: {tag!r}: a tag is 1 to 64 characters")
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = None
         self.failed = False
         self.location: list[tuple[str, str]] = []
+
+    @classmethod
+    def settings_problem(cls, mode: str | None, tags: list, env_mode: str | None) -> str | None:
+        """What is wrong with these settings, in one line naming the key (None: nothing);
+        east.validate checks a run's ``logger`` with it before any stage runs."""
+        if mode is not None and mode not in cls.MODES:
+            return f"invalid config logger.mode={mode!r}: allowed: {', '.join(cls.MODES)} (or null)"
+        if mode is None and env_mode is not None and env_mode not in (*cls.MODES, "dryrun", "run"):
+            return f"invalid WANDB_MODE={env_mode!r} in the environment: allowed: {', '.join(cls.MODES)}"
+        for tag in tags:  # W&B refuses these at init, which would end the logging
+            if not 0 < len(str(tag)) <= 64:
+                return f"invalid config logger.tags: {str(tag)!r}: a tag is 1 to 64 characters"
+        return None
 
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

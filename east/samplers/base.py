@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from east.checks import check_int
-from east.errors import ConfigError
 from east.sampling_params import SamplingParams
 from east.selection import derive_seed
 
@@ -156,18 +155,16 @@ class Sampler(abc.ABC):
 
 
 def sampler_class(target: str) -> type[Sampler]:
-    """The backend class ``target`` ("package.module.Class") names; a ConfigError naming
-    ``sampler._target_`` when it cannot be imported or is not a :class:`Sampler`."""
+    """The backend class ``target`` ("package.module.Class") names: an ImportError when it
+    cannot be imported, a TypeError when it is not a :class:`Sampler` (east.validate turns
+    either into a line naming ``sampler._target_`` before any stage runs)."""
     module, _, name = str(target).rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"invalid config sampler._target_={target!r}: {e}") from None
+        raise ImportError(str(e)) from None
     if not (isinstance(cls, type) and issubclass(cls, Sampler)):
-        raise ConfigError(
-            f"invalid config sampler._target_={target!r}: not a subclass of east.samplers.Sampler "
-            "(README: Your own sampler backend)"
-        )
+        raise TypeError("not a subclass of east.samplers.Sampler (README: Your own sampler backend)")
     return cls
 
 

@@ -1,6 +1,6 @@
 """Every check of a run's config before any stage runs: :func:`validate` turns the composed
 config into a :class:`~east.config.Config` and checks what spans groups (trainer keys against
-the objective's TRL config, the batch layout, LoRA, placement, the sampler backend, DeepSpeed),
+the objective's TRL config, the batch layout, LoRA, placement, the sampler backend, DeepSpeed, the logger),
 and :func:`check_sources` what the run reads from the hub. A problem is a
 :class:`~east.errors.ConfigError` naming the key, the value and what is allowed.
 
@@ -19,6 +19,7 @@ from east.errors import ConfigError
 from east.validate.keys import apply_command_line_precedence, omegaconf_message, sampler_config, unknown_keys
 from east.validate.machine import (
     _check_deepspeed_installed,
+    _check_logger,
     _check_peft,
     _check_placement,
     _check_sampler,
@@ -63,6 +64,7 @@ def validate(cfg: DictConfig | Config, command_line: list[str] = (), devices: bo
             raise ConfigError(f"invalid config: {omegaconf_message(e)}") from None
     else:
         c = cfg
+    _check_logger(c.logger, environment=devices)
     c.sampler = sampler_config(c.sampler)
     apply_command_line_precedence(c, list(command_line))
     _check_trainer_settings(c)

@@ -23,6 +23,15 @@ def omegaconf_message(error: Exception) -> str:
     return f"{key}: {text}" if key and key not in text else text
 
 
+def backend_class(target: str) -> Any:
+    """The sampler backend class ``target`` names; a ConfigError naming ``sampler._target_``
+    where it cannot be imported or is not a backend."""
+    try:
+        return sampler_class(target)
+    except (ImportError, TypeError) as e:
+        raise ConfigError(f"invalid config sampler._target_={target!r}: {e}") from None
+
+
 def sampler_config(node: Any) -> Any:
     """The ``sampler`` node as its backend's checked schema (``Config`` on its class); a
     backend without one as given (its constructor checks its keyword arguments)."""
@@ -31,7 +40,7 @@ def sampler_config(node: Any) -> Any:
     target = node.get("_target_")
     if not target:
         raise ConfigError("invalid config sampler: it names no _target_ (a east.samplers.Sampler class)")
-    schema = sampler_class(target).Config
+    schema = backend_class(target).Config
     if schema is None:
         return node
     unknown = unknown_keys(node, schema, "sampler.")

@@ -5,12 +5,14 @@ of east.validate)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
+from typing import Any
 
 from east.checks import fail
 from east.config import Config
 from east.errors import ConfigError
-from east.samplers.base import sampler_class
+from east.validate.keys import backend_class
 
 
 def _check_deepspeed_installed(c: Config) -> None:
@@ -29,6 +31,32 @@ def _check_deepspeed_installed(c: Config) -> None:
         )
 
 
+def _check_logger(node: Any, environment: bool) -> None:
+    """The ``logger`` group: its ``_target_`` importable, and its settings as the logger class
+    checks them (``settings_problem``: W&B's mode and tags; with ``environment``, also the
+    ``WANDB_MODE`` this machine sets), so that a sweep's bad cell stops before any job runs."""
+    import os
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict) or not node.get("_target_"):
+        return
+    target = str(node["_target_"])
+    module, _, name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"invalid config logger._target_={target!r}: {e}") from None
+    check = getattr(cls, "settings_problem", None)
+    if check is not None:
+        env_mode = os.environ.get("WANDB_MODE") if environment else None
+        problem = check(node.get("mode"), list(node.get("tags") or []), env_mode)
+        if problem:
+            raise ConfigError(problem)
+
+
 def _sampler_target(c: Config) -> str:
     return c.sampler._target_ if dataclasses.is_dataclass(c.sampler) else c.sampler.get("_target_", "")
 
@@ -39,7 +67,7 @@ def _check_sampler_installed(c: Config) -> None:
     import importlib.util
 
     target = _sampler_target(c)
-    cls = sampler_class(target)
+    cls = backend_class(target)
     for package in cls.libraries:
         if importlib.util.find_spec(package) is None:
             hint = f": {cls.install_hint}" if cls.install_hint else ""
@@ -52,7 +80,7 @@ def _check_sampler(c: Config) -> None:
     from east.weighting import canonical, get_mapping
 
     target = _sampler_target(c)
-    cls = sampler_class(target)
+    cls = backend_class(target)
     reads = get_mapping(canonical(c.east.mapping, c.east.sharpness)[0]).signal
     if reads == "token_entropy" and not c.evaluation.only and not cls.returns_token_entropy:
         fail(

@@ -208,8 +208,7 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
 
     from east.config import register_configs
     from east.data import load_splits
-    from east.stages.driver import Stages, make_sampler
-    from east.tracking import NullLogger
+    from east.pipeline import stages_for
     from east.validate import validate
 
     root = Path(__file__).resolve().parents[2]
@@ -242,10 +241,10 @@ def pipeline_check(args: argparse.Namespace) -> dict[str, object]:
         f"paths.output_dir={tmp / 'out'}",
     ]
 
-    def configured(*more: str) -> Stages:
+    def configured(*more: str):
         with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
             c = validate(compose(config_name="config", overrides=[*overrides, *more]))
-        return Stages(c, NullLogger(), make_sampler(c))
+        return stages_for(c)
 
     stages = configured()
     c = stages.c
@@ -335,7 +334,7 @@ IMPORTS = [
     ("omegaconf", "east's configs"),
     ("math_verify", "grading (--pipeline)"),
     ("east.objectives.dpo.trainer", "the weighted trainers"),
-    ("east.stages.driver", "the stages (--pipeline)"),
+    ("east.pipeline", "the stages (--pipeline)"),
 ]
 #: Imported when present, and reported: what runs depends on them.
 OPTIONAL = ["deepspeed", "vllm"]

@@ -64,8 +64,7 @@ def main() -> None:
 
     from east.config import register_configs
     from east.data import load_splits
-    from east.stages.driver import Stages, make_sampler
-    from east.tracking import NullLogger
+    from east.pipeline import stages_for
     from east.validate import validate
 
     runs = [r for r in collect_runs(args.sweep) if r["run"]["objective"] == "sft"]
@@ -85,7 +84,7 @@ def main() -> None:
         config_dir=str(Path(__file__).resolve().parents[2] / "conf"), version_base="1.3"
     ):
         c = validate(compose(config_name="config", overrides=[*overrides, *args.set]))
-    stages = Stages(c, NullLogger(), make_sampler(c))
+    stages = stages_for(c)
     train = load_splits(c.dataset).train
 
     def correct(run: dict, stage: str) -> dict[str, bool]:

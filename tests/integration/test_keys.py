@@ -450,7 +450,7 @@ def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
     from east import codeid
 
     base = stage_keys([])
-    real = codeid.read_source
+    real = codeid.sources.read_source
 
     def reading(edits):
         def read(module):
@@ -461,11 +461,11 @@ def test_stage_keys_follow_the_code_that_builds_them(stage_keys, monkeypatch):
 
     def keys_after(edits):
         codeid.clear_caches()
-        monkeypatch.setattr(codeid, "read_source", reading(edits))
+        monkeypatch.setattr(codeid.sources, "read_source", reading(edits))
         try:
             return stage_keys([])
         finally:
-            monkeypatch.setattr(codeid, "read_source", real)
+            monkeypatch.setattr(codeid.sources, "read_source", real)
             codeid.clear_caches()
 
     comments = {
@@ -516,18 +516,18 @@ def test_a_lora_train_key_holds_the_peft_version(stage_keys, monkeypatch):
 
 def _keys_after(stage_keys, monkeypatch, edits):
     """The stage keys with ``edits`` (module -> source edit) applied to the code as read."""
-    real = codeid.read_source
+    real = codeid.sources.read_source
 
     def read(module):
         source = real(module)
         return edits[module](source) if module in edits and source else source
 
     codeid.clear_caches()
-    monkeypatch.setattr(codeid, "read_source", read)
+    monkeypatch.setattr(codeid.sources, "read_source", read)
     try:
         return stage_keys([])
     finally:
-        monkeypatch.setattr(codeid, "read_source", real)
+        monkeypatch.setattr(codeid.sources, "read_source", real)
         codeid.clear_caches()
 
 
@@ -548,12 +548,12 @@ def test_an_edit_in_a_function_a_stage_calls_rebuilds_it_and_what_follows(stage_
     # than strictly needed, never less).
     assert _changed(base, ln) >= _downstream({"grade"}) & set(base)
 
-    def in_driver(old, new):
+    def in_driver(old, new, module=codeid.DRIVER):
         def edit(source):
             assert old in source, old
             return source.replace(old, new, 1)
 
-        return {codeid.DRIVER: edit}
+        return {module: edit}
 
     grade_body = _keys_after(
         stage_keys,
@@ -571,14 +571,29 @@ def test_an_edit_in_a_function_a_stage_calls_rebuilds_it_and_what_follows(stage_
         ),
     )
     assert _changed(base, grade_body) == _downstream({"grade"}) & set(base)
+    # The stages' parts live in further driver modules, keyed definition by definition too.
+    generating = "east.stages.driver_generate"
     sample_body = _keys_after(
-        stage_keys, monkeypatch, in_driver('responses += len(g["texts"])', 'responses += 2 * len(g["texts"])')
+        stage_keys,
+        monkeypatch,
+        in_driver('responses += len(g["texts"])', 'responses += 2 * len(g["texts"])', generating),
     )
     assert _changed(base, sample_body) == _downstream({"sample"}) & set(base)
     evaluate_body = _keys_after(
-        stage_keys, monkeypatch, in_driver('"answers_not_boxed": sum(', '"answers_not_boxed": 0 + sum(')
+        stage_keys,
+        monkeypatch,
+        in_driver('"answers_not_boxed": sum(', '"answers_not_boxed": 0 + sum(', generating),
     )
     assert _changed(base, evaluate_body) == {k for k in base if k.startswith("evaluate_")}
+    # A helper the parts share: only the stages that call it (grade, and the evaluations).
+    helper = _keys_after(
+        stage_keys,
+        monkeypatch,
+        in_driver("    if timeouts:\n", "    if timeouts > 0:\n", "east.stages.driver_common"),
+    )
+    assert _changed(base, helper) == (
+        _downstream({"grade"}) | {k for k in base if k.startswith("evaluate")}
+    ) & set(base)
 
 
 USER_MAPPING = '''from east.weighting import register_mapping

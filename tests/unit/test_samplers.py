@@ -53,10 +53,15 @@ def test_the_hf_backend_is_built_the_same_way_in_the_driver_and_a_worker():
 
 
 def test_a_backend_must_be_a_sampler_and_complete():
+    from east.validate.keys import backend_class
+
+    # A run's config: one line naming the key (east.validate), before any stage runs.
     with pytest.raises(ConfigError, match=r"sampler._target_='collections.OrderedDict'.*not a subclass"):
-        sampler_class("collections.OrderedDict")
+        backend_class("collections.OrderedDict")
     with pytest.raises(ConfigError, match=r"sampler._target_='no_such_module.X'.*no_such_module"):
-        sampler_class("no_such_module.X")
+        backend_class("no_such_module.X")
+    with pytest.raises(TypeError, match="not a subclass"):  # the library's own call
+        sampler_class("collections.OrderedDict")
 
     class Half(Sampler):  # no generate, no cache_key
         pass

@@ -35,10 +35,23 @@ def test_the_environment_applies_unless_the_config_sets_a_value(monkeypatch, env
 
 
 def test_bad_modes_are_refused(monkeypatch):
+    """By the run's config check (east.validate: run.py checks a sweep's every cell before
+    any starts, WANDB_MODE on the machine that runs it), and by the logger itself."""
+    from east.validate import validate
+    from tests.helpers import compose
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     with pytest.raises(ConfigError, match="logger.mode='loud'"):
+        validate(compose(["logger=wandb", "logger.mode=loud"]), devices=False)
+    with pytest.raises(ConfigError, match=r"logger._target_='east.tracking.Nope'"):
+        validate(compose(["logger=wandb", "logger._target_=east.tracking.Nope"]), devices=False)
+    with pytest.raises(ValueError, match="logger.mode='loud'"):
         WandbLogger(mode="loud")
     monkeypatch.setenv("WANDB_MODE", "loud")
+    validate(compose(["logger=wandb"]), devices=False)  # a login node's environment is not the job's
     with pytest.raises(ConfigError, match="WANDB_MODE='loud'"):
+        validate(compose(["logger=wandb"]))
+    with pytest.raises(ValueError, match="WANDB_MODE='loud'"):
         WandbLogger()
 
 
@@ -71,7 +84,7 @@ def test_a_dead_service_is_reported_once_and_never_called_again(caplog):
 def test_tags_reach_the_run_and_the_summary_says_where_the_offline_run_is(tmp_path):
     """logger.tags (README) tag the W&B run; the printed summary names the offline run folder
     and the command that uploads it."""
-    with pytest.raises(ConfigError, match=r"logger.tags: 'x{65}': a tag is 1 to 64 characters"):
+    with pytest.raises(ValueError, match=r"logger.tags: 'x{65}': a tag is 1 to 64 characters"):
         WandbLogger(tags=["x" * 65])
     logger = WandbLogger(mode="offline", tags=["ablation", 2])
     logger.start({"a": 1}, name="t", group=None, directory=str(tmp_path))
