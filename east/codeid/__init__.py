@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -48,6 +48,7 @@ __all__ = [
     "function_digest",
     "is_own",
     "modules_digest",
+    "own_modules",
     "read_source",
     "source_digest",
     "stage_code",
@@ -120,11 +121,16 @@ def function_digest(fn: Callable) -> str:
         return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
+def own_modules(modules: Iterable[str]) -> tuple[str, ...]:
+    """Those of ``modules`` that are own code, for :func:`stage_code` (never ``__main__``: a
+    REPL's or a script's code has no module to read; never an installed package)."""
+    return tuple(m for m in modules if m and m != "__main__" and is_own(m))
+
+
 def defining_module(obj: object) -> tuple[str, ...]:
     """The module that defines ``obj`` (a mapping function, a sampler backend's class) when it
-    is own code, for :func:`stage_code`; empty otherwise (a REPL, an installed package)."""
-    module = getattr(obj, "__module__", None)
-    return (module,) if module and module != "__main__" and is_own(module) else ()
+    is own code; empty otherwise (a REPL, an installed package)."""
+    return own_modules([getattr(obj, "__module__", None) or ""])
 
 
 def clear_caches() -> None:

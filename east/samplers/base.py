@@ -103,7 +103,10 @@ class Sampler(abc.ABC):
     - ``libraries`` / ``install_hint``: packages whose versions shape its samples (in the
       generating stages' keys; checked installed before any stage runs) and how to get them.
 
-    Its own code is in those keys too: :meth:`code_modules`.
+    Methods with defaults: :meth:`fit_prompts` and :meth:`required_device_memory` (sizing,
+    and the memory it needs free), :attr:`devices_per_worker`, :meth:`close`,
+    :meth:`config_problem` (its own check of a run). Its own code is in those keys too:
+    :meth:`code_modules`.
     """
 
     Config: ClassVar[type[SamplerConfig] | None] = None
@@ -129,6 +132,12 @@ class Sampler(abc.ABC):
         token_entropy: bool = False,
     ) -> Generation:
         """For prompt i, one response per seed in ``seeds[i]`` (see the module's contract)."""
+
+    @property
+    def devices_per_worker(self) -> int:
+        """The devices one generate worker of this backend spans (vLLM: its tensor
+        parallelism); the driver starts one worker per group of that many."""
+        return 1
 
     def fit_prompts(self, longest: int) -> None:  # noqa: B027 (optional: most need no sizing)
         """Size the backend for prompts plus new tokens of up to ``longest`` tokens, before its

@@ -147,6 +147,10 @@ class VLLMSampler(Sampler):
     def cache_key(self) -> dict[str, Any]:
         return self._key
 
+    @property
+    def devices_per_worker(self) -> int:
+        return int(self.kwargs["tensor_parallel_size"])
+
     def fit_prompts(self, longest: int) -> None:
         """Unless ``max_model_len`` is set, reserve KV for this shard's longest request only."""
         if self.max_model_len is None:

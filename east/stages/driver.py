@@ -29,7 +29,7 @@ from east.cache import (
     write_json,
     write_jsonl,
 )
-from east.codeid import defining_module, function_digest, is_own, stage_code
+from east.codeid import defining_module, function_digest, own_modules, stage_code
 from east.config import Config, SamplingParams
 from east.objectives import code_modules
 from east.prompts import Prompts
@@ -83,7 +83,7 @@ class Stages(ModelStages, GenerationStages):
         # The code that builds the artifact is part of its key (east.codeid): comments no, code
         # yes; for the generating stages, the sampler backend's own module and packages too.
         if name in GENERATING:
-            modules = (*modules, *(m for m in self.sampler.code_modules() if m != "__main__" and is_own(m)))
+            modules = (*modules, *own_modules(self.sampler.code_modules()))
             libraries = (*self.sampler.libraries, *libraries)
         config = {**config, "code": stage_code(name, modules, libraries)}
         keys = [i.key for i in inputs]
@@ -128,7 +128,8 @@ class Stages(ModelStages, GenerationStages):
         from east.stages import generate
 
         scratch.mkdir(parents=True, exist_ok=True)
-        workers, per_worker = data_parallel(self.c.sampler, len(token_ids))
+        per_worker = self.sampler.devices_per_worker
+        workers = data_parallel(_get(self.c.sampler, "data_parallel_size", 1), per_worker, len(token_ids))
         parts = launch.shards(len(token_ids), workers)
         base = {
             "model_path": path,
@@ -260,12 +261,10 @@ def _get(node: Any, key: str, default: Any) -> Any:
     return node.get(key, default) if hasattr(node, "get") else default
 
 
-def data_parallel(sampler: Any, prompts: int) -> tuple[int, int]:
-    """(generate workers, devices per worker): ``sampler.data_parallel_size`` (``auto``: every
-    visible device group of ``tensor_parallel_size`` devices; 1 on a CPU) and the backend's
-    tensor parallelism."""
-    per_worker = int(_get(sampler, "tensor_parallel_size", 1) or 1)
-    size = _get(sampler, "data_parallel_size", 1)
+def data_parallel(size: Any, per_worker: int, prompts: int) -> int:
+    """Generate workers: ``sampler.data_parallel_size`` (``auto``: every visible group of
+    ``per_worker`` devices, the backend's ``devices_per_worker``; 1 on a CPU), never more than
+    there are prompts."""
     if size == "auto":
         size = max(1, len(launch.visible_devices()) // per_worker)
-    return max(1, min(int(size), max(prompts, 1))), per_worker
+    return max(1, min(int(size), max(prompts, 1)))

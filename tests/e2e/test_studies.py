@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +98,56 @@ def test_why_scripts_explain_a_shrunk_table(cache, tmp_path):
     delta, low, high, p = seed0["east_minus_vanilla_on_kept"]
     assert delta == pytest.approx(seed0["east_gain_on_kept"] - seed0["vanilla_gain_on_kept"], abs=0.2)
     assert low <= delta <= high and 0 <= p <= 1
+
+
+def _is_git_checkout() -> bool:
+    proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT, capture_output=True)
+    return proc.returncode == 0
+
+
+def test_same_numbers_finds_a_changed_number(tmp_path):
+    """experiments/same_numbers.py (a refactor's check: the same results.json numbers at two
+    revisions) reports a changed number and a missing run, never a path, a key or a time."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import same_numbers
+    finally:
+        sys.path.pop(0)
+    results = {
+        "eval": {"arith": {"base": 0.619, "trained": 0.948}},
+        "stages": {"train": {"key": "a", "seconds": 1.0, "cached": False}},
+        "paths": {"run": "/x"},
+        "seconds": 3.0,
+    }
+    for side, trained, key in (("base", 0.948, "a"), ("head", 0.95, "b")):
+        for cell in ("0", "1") if side == "base" else ("0",):
+            folder = tmp_path / side / cell
+            folder.mkdir(parents=True)
+            moved = {**results, "eval": {"arith": {"base": 0.619, "trained": trained}}, "seconds": 9.0}
+            moved["stages"] = {"train": {"key": key, "seconds": 2.0, "cached": False}}
+            (folder / "results.json").write_text(json.dumps(moved))
+    n, diffs = same_numbers.compare_folders(tmp_path / "base", tmp_path / "head")
+    assert n == 2
+    assert diffs == ["1/results.json: only in base", "0/results.json/eval/arith/trained: 0.948 -> 0.95"]
+
+
+@pytest.mark.skipif(
+    not _is_git_checkout(), reason="not a git checkout: same_numbers.py compares git revisions"
+)
+def test_same_numbers_runs_two_revisions_and_compares_them():
+    """HEAD against the working tree (the same code in CI: the same numbers), each run with
+    its own checkout, cache and output, as a refactor's author runs it against main."""
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "experiments/same_numbers.py", "HEAD", "--run", "debug=fast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["same"] is True and last["results"] == 1 and last["differences"] == []

@@ -131,6 +131,15 @@ def test_token_entropies_are_recorded(runs):
     assert sum(v > 0 for v in values) > 600  # sampled at T=1: most responses are uncertain somewhere
 
 
+def test_a_generate_worker_spans_the_engines_tensor_parallel_devices():
+    """The driver starts one generate worker per group of devices_per_worker devices (no
+    engine is started here: only the package is imported)."""
+    from east.samplers.vllm import VLLMSampler
+
+    assert VLLMSampler(tensor_parallel_size=2).devices_per_worker == 2
+    assert VLLMSampler().devices_per_worker == 1
+
+
 def test_two_data_parallel_engines_write_what_one_writes(runs):
     assert runs["dp_log"].count("worker on CPU") >= 2  # two generate workers, one engine each
     assert _samples(runs, "dp") == _samples(runs, "a")

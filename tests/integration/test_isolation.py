@@ -189,15 +189,18 @@ def test_device_groups_and_shards(monkeypatch):
 
 
 def test_data_parallel_auto_uses_every_device_group(monkeypatch):
-    from east.samplers.vllm import VLLMSamplerConfig
+    from east.samplers.hf import HFSampler
     from east.stages.driver import data_parallel
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
-    assert data_parallel(VLLMSamplerConfig(tensor_parallel_size=2), 1000) == (4, 2)
-    assert data_parallel(VLLMSamplerConfig(data_parallel_size=3), 1000) == (3, 1)
-    assert data_parallel(VLLMSamplerConfig(), 2) == (2, 1)  # never more workers than prompts
+    assert data_parallel("auto", 2, 1000) == 4  # tensor parallel over 2: four groups
+    assert data_parallel(3, 1, 1000) == 3
+    assert data_parallel("auto", 1, 2) == 2  # never more workers than prompts
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert data_parallel(VLLMSamplerConfig(), 1000) == (1, 1)
+    assert data_parallel("auto", 1, 1000) == 1
+    # A backend declares the devices a worker spans (vLLM: tensor_parallel_size, tested with
+    # the real engine in tests/engines); by default one.
+    assert HFSampler().devices_per_worker == 1
 
 
 def test_device_memory_check_names_what_is_missing(monkeypatch):
