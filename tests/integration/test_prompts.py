@@ -58,13 +58,13 @@ def test_paper_template_gives_the_same_prompt_on_any_day(monkeypatch, llama3_dir
 def test_sample_and_evaluate_keys_carry_the_prompt_digest(monkeypatch, llama3_dir, tmp_path):
     from east.data import Problem
     from east.samplers.hf import HFSampler
-    from east.stages import driver as stages_module
+    from east.stages import driver_generate
     from east.stages.driver import Stages
     from east.tracking import NullLogger
     from east.validate import validate
     from tests.helpers import compose as _compose
 
-    monkeypatch.setattr(stages_module, "model_path", lambda _: str(llama3_dir))
+    monkeypatch.setattr(driver_generate, "model_path", lambda _: str(llama3_dir))
 
     def keys(template: str, day: int) -> tuple[str, str]:
         _on_day(monkeypatch, day)
