@@ -10,7 +10,7 @@ import hashlib
 from functools import cache
 
 from east.codeid import sources
-from east.codeid.sources import _imported, _origin, _strip_docstrings, is_own
+from east.codeid.sources import imported_modules, is_own, module_origin, strip_docstrings
 
 #: The module whose ``Stages`` class holds every stage's driver side.
 DRIVER = "east.stages.driver"
@@ -97,7 +97,7 @@ def _driver_defs() -> dict[str, tuple[ast.AST, str]]:
                         defs[f"{module}:{t.id}"] = node
     out = {}
     for name, node in defs.items():
-        stripped = _strip_docstrings(copy.deepcopy(node))
+        stripped = strip_docstrings(copy.deepcopy(node))
         out[name] = (
             node,
             hashlib.sha256(ast.dump(stripped, annotate_fields=False).encode()).hexdigest()[:16],
@@ -120,7 +120,7 @@ def _driver_imports(module: str) -> dict[str, tuple[str, str | None]]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             for a in node.names:
                 full = f"{node.module}.{a.name}"
-                out[a.asname or a.name] = (full, None) if _origin(full) else (node.module, a.name)
+                out[a.asname or a.name] = (full, None) if module_origin(full) else (node.module, a.name)
     return out
 
 
@@ -216,8 +216,10 @@ def driver_definitions(method: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             if imported is not None and not imported.startswith(CONFIG):
                 modules.add(imported)
         todo += [methods[a] for a in visitor.attributes if a in methods]
-        modules |= _imported(node, module.rpartition(".")[0])
-    return tuple(sorted(seen)), tuple(sorted(m for m in modules if is_own(m) and m not in DRIVER_MODULES))
+        modules |= imported_modules(node, module.rpartition(".")[0])
+    # (A driver module reached otherwise than through a definition, by a function's own import
+    # statement, joins whole: more than strictly needed, never less.)
+    return tuple(sorted(seen)), tuple(sorted(m for m in modules if is_own(m)))
 
 
 def digest(definition: str) -> str:

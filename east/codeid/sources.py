@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
+def strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -32,7 +32,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 def source_digest(source: str) -> str:
     """The digest of Python source: its syntax tree without docstrings (so comments, docstrings
     and layout never change it)."""
-    tree = _strip_docstrings(ast.parse(textwrap.dedent(source)))
+    tree = strip_docstrings(ast.parse(textwrap.dedent(source)))
     return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()[:16]
 
 
@@ -62,7 +62,7 @@ def _installed_roots() -> tuple[str, ...]:
     return tuple(str(Path(r).resolve()) + "/" for r in roots if r)
 
 
-def _origin(module: str) -> str | None:
+def module_origin(module: str) -> str | None:
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -77,12 +77,12 @@ def is_own(module: str) -> bool:
     ``east.*``, or Python source that is neither the standard library nor an installed
     package (a module of yours next to run.py, or on PYTHONPATH)."""
     if module == "east" or module.startswith("east."):
-        return _origin(module) is not None
-    origin = _origin(module)
+        return module_origin(module) is not None
+    origin = module_origin(module)
     return origin is not None and not str(Path(origin).resolve()).startswith(_installed_roots())
 
 
-def _imported(tree: ast.AST, package: str) -> set[str]:
+def imported_modules(tree: ast.AST, package: str) -> set[str]:
     """The modules named by every import statement in ``tree`` (``from p import m`` names
     ``p.m`` when that is a module), relative imports resolved against ``package``."""
     out: set[str] = set()
@@ -105,10 +105,10 @@ def _imported(tree: ast.AST, package: str) -> set[str]:
 @cache
 def _own_imports(module: str, digest: str) -> frozenset[str]:
     source = read_source(module) or ""
-    origin = _origin(module) or ""
+    origin = module_origin(module) or ""
     package = module if origin.endswith("__init__.py") else module.rpartition(".")[0]
     found: set[str] = set()
-    for name in _imported(ast.parse(source), package):
+    for name in imported_modules(ast.parse(source), package):
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
             prefix = ".".join(parts[:i])
