@@ -6,7 +6,8 @@ What the 8B cells depend on, on the real engines (not a fake, not DDP under thei
   (``train_info.json`` ``sharding``: ZeRO-3's partitions, FSDP2's DTensor shards);
 - one optimiser step of weighted SFT, DPO (its reference model sharded too) and KTO equals the
   plain-torch reference step (tests/integration/reference_losses.py) and the same step under
-  ``distributed=cpu2`` (DDP) within float tolerance;
+  ``distributed=cpu2`` (DDP) within float tolerance; so does one of weighted ORPO and SimPO
+  under each sharded engine;
 - an example of weight 0 changes nothing (its text can be anything);
 - the trained model saved in 16 bits loads in transformers, in that dtype;
 - ``kill -9`` of the whole run mid-training, then the same command: it resumes from the
@@ -51,11 +52,19 @@ ONE_STEP = {
     "gradient_checkpointing": False,
     "logging_steps": 1,
 }
-EXTRA = {"sft": {}, "dpo": {"beta": 0.1}, "kto": {"beta": 0.1, "loss_type": "apo_zero_unpaired"}}
-#: The paper's objectives, whose 8B cells these engines gate. ORPO and SimPO (beyond the
-#: paper) take the reference step on 2 gloo processes in the main suite
-#: (tests/integration/test_training_reference.py), not yet under FSDP or ZeRO-3 here.
-PAPER = list(EXTRA)
+EXTRA = {
+    "sft": {},
+    "dpo": {"beta": 0.1},
+    "kto": {"beta": 0.1, "loss_type": "apo_zero_unpaired"},
+    "orpo": {"beta": 0.1},
+    "simpo": {"beta": 2.0, "loss_type": "simpo", "simpo_gamma": 1.0, "cpo_alpha": 0.5},
+}
+#: The paper's objectives, whose 8B cells these engines gate: under each engine, DDP too.
+PAPER = ["sft", "dpo", "kto"]
+#: Beyond the paper (TRL's experimental trainers, whose NLL term and per-pair losses east
+#: reweights through the policy's logits): under the two sharded engines (their DDP step is in
+#: the main suite, tests/integration/test_training_reference.py).
+BEYOND = ["orpo", "simpo"]
 
 
 @pytest.fixture(autouse=True)
@@ -127,8 +136,10 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in common)
 
 
-@pytest.mark.parametrize("objective", PAPER)
-@pytest.mark.parametrize("distributed", ENGINES)
+@pytest.mark.parametrize(
+    ("objective", "distributed"),
+    [(o, d) for d in ENGINES for o in PAPER] + [(o, d) for d in SHARDED for o in BEYOND],
+)
 def test_one_step_on_two_processes_is_the_reference_step(tmp_path, tiny_dir, objective, distributed):
     data = _rows(objective)
     weights, info = train(tmp_path, tiny_dir, "run", objective, data, distributed)
