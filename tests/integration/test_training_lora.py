@@ -1,6 +1,6 @@
-"""LoRA (peft.method=lora): the weighted trainers are exact on the adapter parameters, the
-DPO / KTO reference is the policy with its adapters off (no second model), and the train
-stage saves a merged model that loads as a plain one."""
+"""LoRA (peft.method=lora): the weighted trainers (the paper's three, ORPO and SimPO) are exact
+on the adapter parameters, the DPO / KTO reference is the policy with its adapters off (no
+second model), and the train stage saves a merged model that loads as a plain one."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ CASES = [
     ("sft", {}, {}),
     ("dpo", {"loss_type": ["sigmoid"], "beta": 0.1}, {"loss_type": "sigmoid", "beta": 0.1}),
     ("kto", {"loss_type": "apo_zero_unpaired", "beta": 0.1}, {"loss_type": "apo_zero_unpaired", "beta": 0.1}),
+    # Beyond the paper: no reference model; SimPO with an NLL term (cpo_alpha > 0).
+    ("orpo", {"beta": 0.1}, {"beta": 0.1}),
+    ("simpo", *[{"beta": 2.0, "loss_type": "simpo", "simpo_gamma": 1.0, "cpo_alpha": 0.5}] * 2),
 ]
 
 
@@ -49,7 +52,7 @@ def _adapters(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
 
 
-@pytest.mark.parametrize(("objective", "settings", "ref_settings"), CASES, ids=["sft", "dpo", "kto"])
+@pytest.mark.parametrize(("objective", "settings", "ref_settings"), CASES, ids=[c[0] for c in CASES])
 def test_one_lora_step_is_the_reference_update_on_the_adapters(objective, settings, ref_settings, tiny_dir):
     data = rows(objective, 3)
     torch.manual_seed(0)
@@ -63,7 +66,10 @@ def test_one_lora_step_is_the_reference_update_on_the_adapters(objective, settin
     update = _adapters(trainer.model) - start
     # Reference: the same adapters by hand, the reference model the base (adapters off).
     adapter_off = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    ref = adapter_off if objective != "sft" else None
+    ref = adapter_off if objective in ("dpo", "kto") else None
+    if objective in ("orpo", "simpo"):  # on the token ids TRL's experimental trainers prepare
+        stock = make_trainer(objective, tiny_dir, data, weighted=False, **settings)
+        ref_settings = {**ref_settings, "tokenized": [stock.train_dataset[i] for i in range(len(data))]}
     losses = per_example_losses(
         objective, policy, ref, AutoTokenizer.from_pretrained(tiny_dir), data, **ref_settings
     )
