@@ -26,7 +26,7 @@ from east.weighting import canonical, get_mapping
 class GenerationStages:
     """``sample``, ``evaluate`` and ``evaluate_sampled``, and the prompts they tokenize."""
 
-    # Set by Stages, whose _stage, _run, _generate and _grade these methods call.
+    # Set by Stages (these methods call its _stage, _generate and _grade): a part, not usable alone.
     c: Config
     sampler: Sampler
     _prompt_cache: dict[tuple[str, str], Prompts]

@@ -26,7 +26,7 @@ class ModelStages:
     """``base_model`` and ``train``: each runs its worker module (east.stages.base_model,
     east.stages.train) here, in a child process, or under ``accelerate launch``."""
 
-    # Set by Stages, whose _stage, _run, _generate and _grade these methods call.
+    # Set by Stages (these methods call its _stage and _run): a part, not usable alone.
     c: Config
     logger: Any
     isolate: bool
