@@ -29,6 +29,7 @@ from east.cache import write_jsonl
 from east.stages.train import launch
 from tests.engines.conftest import engine_env, need
 from tests.helpers import ROOT, SMALL, kill_at_first_checkpoint
+from tests.integration.trainer_runs import DDP_SETTINGS
 
 # The tier's environment (.ci/engines) has DeepSpeed; FSDP and DDP are torch's own, but run
 # here beside ZeRO-3 (the comparisons are between them), not a second time in the main suite.
@@ -52,13 +53,8 @@ ONE_STEP = {
     "gradient_checkpointing": False,
     "logging_steps": 1,
 }
-EXTRA = {
-    "sft": {},
-    "dpo": {"beta": 0.1},
-    "kto": {"beta": 0.1, "loss_type": "apo_zero_unpaired"},
-    "orpo": {"beta": 0.1},
-    "simpo": {"beta": 2.0, "loss_type": "simpo", "simpo_gamma": 1.0, "cpo_alpha": 0.5},
-}
+#: Each objective's TRL settings in the step: those of the main suite's 2-process DDP step.
+EXTRA = DDP_SETTINGS
 #: The paper's objectives, whose 8B cells these engines gate: under each engine, DDP too.
 PAPER = ["sft", "dpo", "kto"]
 #: Beyond the paper (TRL's experimental trainers, whose NLL term and per-pair losses east

@@ -47,7 +47,8 @@ CLASSES = {
 }
 
 
-#: Each objective's settings in the 2-process reference step (ddp_reference_step.py).
+#: Each objective's settings in the 2-process reference step (ddp_reference_step.py, and under
+#: ZeRO-3 and FSDP2 in tests/engines/test_sharded_training.py).
 DDP_SETTINGS = {
     "sft": {},
     "dpo": {"beta": 0.1},
