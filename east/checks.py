@@ -58,6 +58,18 @@ def check_choice(key: str, value: Any, allowed: Any) -> None:
         fail(key, value, f"allowed: {', '.join(map(str, allowed))}")
 
 
+def locate(target: str) -> Any:
+    """The object a ``_target_`` ("package.module.Name") names; an ImportError in one line
+    when it cannot be imported (the caller names the config key)."""
+    import importlib
+
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ImportError(str(e)) from None
+
+
 def import_user_modules(names: list[str]) -> None:
     """Import ``imports``: the modules where a user registers mappings, objectives (or anything
     else the config names), before the config is checked, and again in a stage worker (a child

@@ -71,6 +71,7 @@ class _Names(ast.NodeVisitor):
     visit_AsyncFunctionDef = _function
 
 
+@cache
 def _parsed_driver(module: str) -> ast.Module:
     return ast.parse(sources.read_source(module) or "")
 
@@ -228,5 +229,12 @@ def digest(definition: str) -> str:
 
 
 def clear_caches() -> None:
-    for f in (_driver_defs, _driver_imports, _stages_classes, _stages_methods, driver_definitions):
+    for f in (
+        _parsed_driver,
+        _driver_defs,
+        _driver_imports,
+        _stages_classes,
+        _stages_methods,
+        driver_definitions,
+    ):
         f.cache_clear()

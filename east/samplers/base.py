@@ -18,11 +18,10 @@ packages) without loading a model library.
 from __future__ import annotations
 
 import abc
-import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from east.checks import check_int
+from east.checks import check_int, locate
 from east.sampling_params import SamplingParams
 from east.selection import derive_seed
 
@@ -167,11 +166,7 @@ def sampler_class(target: str) -> type[Sampler]:
     """The backend class ``target`` ("package.module.Class") names: an ImportError when it
     cannot be imported, a TypeError when it is not a :class:`Sampler` (east.validate turns
     either into a line naming ``sampler._target_`` before any stage runs)."""
-    module, _, name = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ImportError(str(e)) from None
+    cls = locate(target)
     if not (isinstance(cls, type) and issubclass(cls, Sampler)):
         raise TypeError("not a subclass of east.samplers.Sampler (README: Your own sampler backend)")
     return cls

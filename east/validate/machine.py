@@ -5,11 +5,10 @@ of east.validate)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
-from east.checks import fail
+from east.checks import fail, locate
 from east.config import Config
 from east.errors import ConfigError
 from east.validate.keys import backend_class
@@ -44,10 +43,9 @@ def _check_logger(node: Any, environment: bool) -> None:
     if not isinstance(node, dict) or not node.get("_target_"):
         return
     target = str(node["_target_"])
-    module, _, name = target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
+        cls = locate(target)
+    except ImportError as e:
         raise ConfigError(f"invalid config logger._target_={target!r}: {e}") from None
     check = getattr(cls, "settings_problem", None)
     if check is not None:
